@@ -1,0 +1,128 @@
+"""``SkipTS`` as an anomalib module: paper defaults, optimiser, validation and weights."""
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from anomalib import LearningType
+from anomalib.pre_processing import PreProcessor
+from torchvision.transforms.v2 import Normalize, Resize
+
+from anomalib_skipts.models import SkipTS, TeacherWeightsError
+
+
+def test_paper_defaults() -> None:
+    model = SkipTS(pre_trained=False)
+    assert model.hparams.backbone == "wide_resnet50_2"
+    assert model.hparams.num_skips == 2
+    assert model.hparams.beta == pytest.approx(0.05)
+    assert model.hparams.similarity == "cosine"
+    assert model.hparams.mac is True
+    assert tuple(model.input_size) == (256, 256)
+    transforms = model.pre_processor.transform.transforms
+    normalize = next(t for t in transforms if isinstance(t, Normalize))
+    assert normalize.mean == [0.485, 0.456, 0.406]
+    assert normalize.std == [0.229, 0.224, 0.225]
+    optimizer = model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Adam)
+    group = optimizer.param_groups[0]
+    assert group["lr"] == pytest.approx(0.005)
+    assert group["betas"] == (0.5, 0.999)
+    student_ids = {id(p) for p in model.model.student.parameters()}
+    assert {id(p) for p in group["params"]} == student_ids
+    assert model.learning_type == LearningType.ONE_CLASS
+    assert "max_epochs" not in model.trainer_arguments  # epochs come from configs/, not forced on the user
+
+
+def test_image_size_sets_the_default_pre_processor() -> None:
+    model = SkipTS(backbone="resnet18", pre_trained=False, image_size=128)
+    assert tuple(model.input_size) == (128, 128)
+    assert model.model.anomaly_map_generator.image_size == (128, 128)
+
+
+def test_custom_pre_processor_defines_the_input_size() -> None:
+    pre_processor = PreProcessor(transform=Resize((96, 64)))
+    model = SkipTS(backbone="resnet18", pre_trained=False, pre_processor=pre_processor)
+    assert model.model.anomaly_map_generator.image_size == (96, 64)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "parameter"),
+    [
+        ({"backbone": "not_a_backbone"}, "backbone"),
+        ({"backbone": "mobilenetv3_large_100"}, "backbone"),
+        ({"num_skips": 5}, "num_skips"),
+        ({"beta": -0.1}, "beta"),
+        ({"image_size": 100}, "image_size"),
+        ({"image_size": (256, 250)}, "image_size"),
+        ({"similarity": "l1"}, "similarity"),
+        ({"loss_variant": "other"}, "loss_variant"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs: dict, parameter: str) -> None:
+    with pytest.raises(ValueError, match=parameter):
+        SkipTS(**({"backbone": "resnet18", "pre_trained": False} | kwargs))
+
+
+def test_training_step_returns_a_differentiable_loss() -> None:
+    model = SkipTS(backbone="resnet18", pre_trained=False, image_size=64)
+    model.model.train()
+    batch = type("Batch", (), {"image": torch.rand(2, 3, 64, 64)})()
+    model.log = lambda *args, **kwargs: None  # no trainer attached
+    loss = model.training_step(batch)["loss"]
+    loss.backward()
+    assert all(p.grad is not None for p in model.model.student.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in model.model.teacher.parameters())
+
+
+def test_local_backbone_weights_are_loaded(tmp_path: Path) -> None:
+    reference = timm.create_model("resnet18", pretrained=False)
+    path = tmp_path / "resnet18_imagenet.pth"
+    torch.save({"state_dict": reference.state_dict()}, path)
+    model = SkipTS(backbone="resnet18", backbone_weights=str(path), image_size=64)
+    teacher = model.model.teacher.feature_extractor.state_dict()
+    assert torch.equal(teacher["layer4.1.conv2.weight"], reference.state_dict()["layer4.1.conv2.weight"])
+    assert torch.equal(teacher["bn1.running_var"], reference.state_dict()["bn1.running_var"])
+
+
+def test_safetensors_backbone_weights_are_loaded(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    reference = timm.create_model("resnet18", pretrained=False)
+    path = tmp_path / "model.safetensors"
+    save_file(reference.state_dict(), str(path))
+    model = SkipTS(backbone="resnet18", backbone_weights=path, image_size=64)
+    teacher = model.model.teacher.feature_extractor.state_dict()
+    assert torch.equal(teacher["conv1.weight"], reference.state_dict()["conv1.weight"])
+
+
+def test_backbone_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "resnet34.pth"
+    torch.save(timm.create_model("resnet34", pretrained=False).state_dict(), path)
+    with pytest.raises(ValueError, match="does not fit the teacher backbone"):
+        SkipTS(backbone="resnet18", backbone_weights=path, image_size=64)
+
+
+def test_missing_backbone_weights_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="backbone_weights"):
+        SkipTS(backbone="resnet18", backbone_weights=tmp_path / "nope.pth", image_size=64)
+
+
+def test_failed_download_names_both_ways_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = timm.create_model
+
+    def offline_create_model(*args, **kwargs):
+        if kwargs.get("pretrained"):
+            msg = "Cannot reach the Hugging Face Hub (offline)"
+            raise OSError(msg)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", offline_create_model)
+    with pytest.raises(TeacherWeightsError) as error:
+        SkipTS(backbone="resnet18", pre_trained=True, image_size=64)
+    message = str(error.value)
+    assert "pre_trained=False" in message
+    assert "backbone_weights" in message
+    assert "offline" in message
+    assert isinstance(error.value.__cause__, OSError)

@@ -1,0 +1,104 @@
+"""The unmodified ``anomalib`` command line trains, tests, exports and predicts with Skip-TS."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ANOMALIB = str(Path(sys.executable).with_name("anomalib"))
+
+
+def _anomalib(*args: str, cwd: Path) -> str:
+    result = subprocess.run([ANOMALIB, *args], capture_output=True, text=True, cwd=cwd, timeout=900, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory: pytest.TempPathFactory, phantom_root: Path) -> Path:
+    """``anomalib train`` from a YAML config naming ``class_path: SkipTS``; returns the results folder."""
+    work = tmp_path_factory.mktemp("cli")
+    config = {
+        "seed_everything": 0,
+        "default_root_dir": str(work / "results"),
+        "trainer": {"accelerator": "cpu", "max_epochs": 1, "enable_progress_bar": False},
+        "model": {
+            "class_path": "SkipTS",
+            "init_args": {"backbone": "resnet18", "pre_trained": False, "image_size": 64},
+        },
+        "data": {
+            "class_path": "anomalib_skipts.data.HeadPhantom",
+            "init_args": {
+                "root": str(phantom_root),
+                "num_train": 8,
+                "num_test_normal": 4,
+                "num_test_abnormal": 4,
+                "image_size": 64,
+                "train_batch_size": 4,
+                "eval_batch_size": 4,
+            },
+        },
+    }
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    output = _anomalib("train", "--config", "config.yaml", cwd=work)
+    assert "image_AUROC" in output
+    return work
+
+
+def test_train_writes_checkpoint_and_anomaly_map_images(cli_run: Path) -> None:
+    run = cli_run / "results" / "SkipTS" / "head_phantom" / "latest"
+    assert (run / "weights" / "lightning" / "model.ckpt").is_file()
+    assert list((run / "images").rglob("*.png"))
+
+
+def test_short_model_name_and_export_from_checkpoint(cli_run: Path) -> None:
+    checkpoint = cli_run / "results" / "SkipTS" / "head_phantom" / "latest" / "weights" / "lightning" / "model.ckpt"
+    for export_type, suffix in (("onnx", ".onnx"), ("openvino", ".xml")):
+        root = cli_run / f"export_{export_type}"
+        _anomalib(
+            "export",
+            "--model",
+            "SkipTS",
+            "--model.backbone",
+            "resnet18",
+            "--model.pre_trained",
+            "false",
+            "--model.image_size",
+            "64",
+            "--export_type",
+            export_type,
+            "--ckpt_path",
+            str(checkpoint),
+            "--export_root",
+            str(root),
+            "--input_size",
+            "[64,64]",
+            cwd=cli_run,
+        )
+        assert list(root.rglob(f"*{suffix}"))
+
+
+def test_predict_from_checkpoint(cli_run: Path, phantom_root: Path) -> None:
+    checkpoint = cli_run / "results" / "SkipTS" / "head_phantom" / "latest" / "weights" / "lightning" / "model.ckpt"
+    output = _anomalib(
+        "predict",
+        "--model",
+        "SkipTS",
+        "--model.backbone",
+        "resnet18",
+        "--model.pre_trained",
+        "false",
+        "--model.image_size",
+        "64",
+        "--ckpt_path",
+        str(checkpoint),
+        "--data",
+        str(phantom_root / "test" / "lesion"),
+        "--default_root_dir",
+        str(cli_run / "predict"),
+        cwd=cli_run,
+    )
+    assert "Traceback" not in output
+    assert list((cli_run / "predict").rglob("*.png"))

@@ -1,0 +1,56 @@
+"""anomalib sees ``SkipTS`` in a fresh interpreter after ``pip install``, at no cost to other programs."""
+
+import subprocess
+import sys
+import textwrap
+
+
+def _run(code: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_get_model_finds_skipts_after_only_importing_anomalib_models() -> None:
+    out = _run(
+        """
+        import sys
+        import anomalib.models as models
+        assert "anomalib_skipts.models" in sys.modules
+        by_name = models.get_model("SkipTS", backbone="resnet18", pre_trained=False, image_size=64)
+        by_snake = models.get_model("skip_ts", backbone="resnet18", pre_trained=False, image_size=64)
+        config = {"class_path": "SkipTS", "init_args": {"backbone": "resnet18", "pre_trained": False}}
+        by_config = models.get_model(config)
+        names = (type(by_name).__name__, type(by_snake).__name__, type(by_config).__name__)
+        print(*names, "SkipTS" in models.list_models("pascal"))
+        """
+    )
+    assert out == "SkipTS SkipTS SkipTS True"
+
+
+def test_python_without_anomalib_does_not_pay_for_the_plugin() -> None:
+    out = _run(
+        """
+        import sys, json
+        import anomalib_skipts
+        print(json.dumps(sorted(m for m in ("torch", "anomalib", "lightning", "timm") if m in sys.modules)))
+        """
+    )
+    assert out == "[]"
+
+
+def test_importing_the_package_first_also_registers() -> None:
+    out = _run(
+        """
+        from anomalib_skipts.models import SkipTS
+        import anomalib.models
+        print(anomalib.models.SkipTS is SkipTS)
+        """
+    )
+    assert out == "True"
