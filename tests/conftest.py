@@ -9,6 +9,8 @@ from anomalib_skipts.data.phantom import HeadPhantom
 from anomalib_skipts.models import SkipTS
 
 IMAGE_SIZE = 64
+PHANTOM = {"num_train": 8, "num_test_normal": 4, "num_test_abnormal": 4, "image_size": IMAGE_SIZE}
+"""Generator parameters of the shared phantom dataset: every test that uses ``phantom_root`` must use these."""
 
 
 @pytest.fixture(scope="session")
@@ -22,10 +24,7 @@ def phantom_datamodule(phantom_root: Path) -> HeadPhantom:
     """A head-phantom datamodule: 8 training images, 4 + 4 test images of 64x64 pixels."""
     datamodule = HeadPhantom(
         root=phantom_root,
-        num_train=8,
-        num_test_normal=4,
-        num_test_abnormal=4,
-        image_size=IMAGE_SIZE,
+        **PHANTOM,
         train_batch_size=4,
         eval_batch_size=4,
         num_workers=0,

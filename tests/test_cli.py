@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from .conftest import PHANTOM
+
 ANOMALIB = str(Path(sys.executable).with_name("anomalib"))
 
 
@@ -32,10 +34,7 @@ def cli_run(tmp_path_factory: pytest.TempPathFactory, phantom_root: Path) -> Pat
             "class_path": "anomalib_skipts.data.HeadPhantom",
             "init_args": {
                 "root": str(phantom_root),
-                "num_train": 8,
-                "num_test_normal": 4,
-                "num_test_abnormal": 4,
-                "image_size": 64,
+                **PHANTOM,
                 "train_batch_size": 4,
                 "eval_batch_size": 4,
             },

@@ -90,6 +90,10 @@ class AnomalyMapGenerator(nn.Module):
         Returns:
             Anomaly map of shape ``(B, 1, H, W)`` at the input size.
         """
+        device_type = teacher_features[0].device.type
+        if torch.is_autocast_enabled(device_type):  # under mixed precision, keep the map in float32
+            with torch.autocast(device_type=device_type, enabled=False):
+                return self.forward(teacher_features, student_features)
         maps = [cosine_distance_map(teacher_features[i - 1], student_features[i - 1]) for i in self.layers]
         summed = upsample_maps(maps, self.image_size).sum(dim=1, keepdim=True)
         return self.blur(summed)
