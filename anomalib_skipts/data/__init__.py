@@ -1,0 +1,59 @@
+"""Medical datamodules for anomalib: any folder of medical images, and the Skip-TS benchmark datasets."""
+
+from anomalib_skipts.data.medical_folder import (
+    DatasetProblem,
+    InvalidDatasetError,
+    MedicalDataModule,
+    MedicalFolder,
+    MedicalFolderDataset,
+    SplitError,
+)
+from anomalib_skipts.data.phantom import HeadPhantom, generate_head_phantom
+from anomalib_skipts.data.readers import DICOM_WINDOWS, ImageReadError, read_image, read_mask
+from anomalib_skipts.data.registry import (
+    BUSI,
+    DATAMODULES,
+    DATASETS,
+    IQOTHNCCD,
+    BenchmarkDataModule,
+    BenchmarkDataset,
+    BrainMRI,
+    CPChildA,
+    CPChildB,
+    HeadCT,
+    MalariaCell,
+    RetinalOCT,
+    SplitCounts,
+    get_datamodule,
+    get_dataset,
+)
+
+__all__ = [
+    "BUSI",
+    "DATAMODULES",
+    "DATASETS",
+    "DICOM_WINDOWS",
+    "IQOTHNCCD",
+    "BenchmarkDataModule",
+    "BenchmarkDataset",
+    "BrainMRI",
+    "CPChildA",
+    "CPChildB",
+    "DatasetProblem",
+    "HeadCT",
+    "HeadPhantom",
+    "ImageReadError",
+    "InvalidDatasetError",
+    "MalariaCell",
+    "MedicalDataModule",
+    "MedicalFolder",
+    "MedicalFolderDataset",
+    "RetinalOCT",
+    "SplitCounts",
+    "SplitError",
+    "generate_head_phantom",
+    "get_datamodule",
+    "get_dataset",
+    "read_image",
+    "read_mask",
+]

@@ -1,0 +1,830 @@
+"""The Skip-TS benchmark datasets (Table I): raw public layouts, split counts and datamodules.
+
+:data:`DATASETS` describes the twelve public datasets of the journal paper's Table I: name,
+modality, where to download, the layout of the raw download, the Table I split counts (normal
+training images, normal and abnormal test images), the conference paper's counts where it has
+them, and a loader that turns the raw layout into a samples frame, or ``None`` where the raw layout
+is not unambiguous from the public description (the entry's ``notes`` say why).
+
+Every dataset with a loader has a datamodule (:class:`HeadCT`, :class:`BrainMRI`, :class:`BUSI`,
+:class:`RetinalOCT`, :class:`CPChildA`, :class:`CPChildB`, :class:`IQOTHNCCD`,
+:class:`MalariaCell`), all thin subclasses of :class:`BenchmarkDataModule`, which shares the
+validation and seeded split machinery of :class:`~anomalib_skipts.data.medical_folder.MedicalFolder`.
+
+Example:
+    >>> from anomalib_skipts.data import DATASETS, HeadCT
+    >>> DATASETS["headct"].journal
+    SplitCounts(train=60, test_normal=40, test_abnormal=100)
+    >>> datamodule = HeadCT(root="../shared/data/headct")                  # Table I split
+    >>> datamodule = HeadCT(root="../shared/data/headct", split="conference")  # 90 / 10 & 100
+
+    From the command line::
+
+        anomalib train --model SkipTS --data datamodules/headct.yaml --data.root /data/headct
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from anomalib.data.utils import LabelName, TestSplitMode, ValSplitMode
+from pandas import DataFrame
+from torchvision.transforms.v2 import Transform
+
+from anomalib_skipts.data.medical_folder import (
+    DatasetProblem,
+    MedicalDataModule,
+    list_folder,
+    make_medical_folder_samples,
+    make_samples,
+)
+from anomalib_skipts.data.readers import DicomWindow
+
+__all__ = [
+    "DATAMODULES",
+    "DATASETS",
+    "BUSI",
+    "BenchmarkDataModule",
+    "BenchmarkDataset",
+    "BrainMRI",
+    "CPChildA",
+    "CPChildB",
+    "HeadCT",
+    "IQOTHNCCD",
+    "MalariaCell",
+    "RetinalOCT",
+    "SplitCounts",
+    "get_dataset",
+    "get_datamodule",
+    "load_brainmri",
+    "load_busi",
+    "load_cp_child_a",
+    "load_cp_child_b",
+    "load_headct",
+    "load_iq_oth_nccd",
+    "load_malaria_cell",
+    "load_retinal_oct",
+]
+
+logger = logging.getLogger(__name__)
+
+#: A loader: dataset root -> (samples frame, problems found). See :func:`make_samples`.
+Loader = Callable[[Path], tuple[DataFrame, list[DatasetProblem]]]
+
+SPLITS = ("journal", "conference")
+
+
+@dataclass(frozen=True)
+class SplitCounts:
+    """Image counts of a benchmark split.
+
+    Attributes:
+        train: Normal training images.
+        test_normal: Normal test images.
+        test_abnormal: Abnormal test images.
+    """
+
+    train: int
+    test_normal: int
+    test_abnormal: int
+
+    @property
+    def total(self) -> int:
+        """Number of images used in all."""
+        return self.train + self.test_normal + self.test_abnormal
+
+
+@dataclass(frozen=True)
+class BenchmarkDataset:
+    """One public dataset of the Skip-TS benchmark (journal paper, Table I).
+
+    Attributes:
+        key: Registry key (``"headct"``), also the name of its YAML in ``datamodules/``.
+        id: Table I ID (1-12).
+        name: Name used in the papers.
+        modality: Imaging modality.
+        disease: The anomaly (abnormal class).
+        url: Where to download the raw data.
+        reference: Citation of the data.
+        layout: The raw layout of the download, as the loader expects it.
+        journal: Table I (journal paper) split counts.
+        conference: Conference paper (ISCAS 2023) split counts, for the datasets it used.
+        loader: Raw layout -> samples, or ``None`` where the layout is not unambiguous.
+        notes: Anything a user should know (why there is no loader, which classes are used).
+    """
+
+    key: str
+    id: int
+    name: str
+    modality: str
+    disease: str
+    url: str
+    reference: str
+    layout: str
+    journal: SplitCounts
+    conference: SplitCounts | None = None
+    loader: Loader | None = None
+    notes: str = ""
+
+    @property
+    def default_root(self) -> Path:
+        """Where the datamodule looks when no ``root`` is given: ``./datasets/<key>``."""
+        return Path("datasets") / self.key
+
+    def split_counts(self, split: str = "journal") -> SplitCounts:
+        """Return the counts of a named split.
+
+        Args:
+            split: ``"journal"`` (Table I) or ``"conference"`` (ISCAS 2023 paper).
+
+        Returns:
+            The split counts.
+
+        Raises:
+            ValueError: If the split is unknown or the conference paper did not use the dataset.
+        """
+        if split == "journal":
+            return self.journal
+        if split == "conference":
+            if self.conference is None:
+                available = ", ".join(info.name for info in DATASETS.values() if info.conference is not None)
+                msg = f"{self.name} has no conference split; the conference paper used {available}."
+                raise ValueError(msg)
+            return self.conference
+        msg = f"Unknown split {split!r}: expected one of {SPLITS}."
+        raise ValueError(msg)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loaders
+# --------------------------------------------------------------------------------------------------
+def _normalise_name(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _child(root: Path, name: str) -> Path | None:
+    """Child folder of ``root`` whose normalised name is ``name`` (case, spaces, dashes ignored)."""
+    if not root.is_dir():
+        return None
+    for path in sorted(root.iterdir()):
+        if path.is_dir() and _normalise_name(path.name) == _normalise_name(name):
+            return path
+    return None
+
+
+def _dataset_base(root: Path, wrappers: Sequence[str], marker: str) -> Path:
+    """Return ``root``, or the wrapper folder inside it that holds ``marker`` (a nested download)."""
+    if _child(root, marker) is not None:
+        return root
+    for wrapper in wrappers:
+        nested = _child(root, wrapper)
+        if nested is not None and _child(nested, marker) is not None:
+            return nested
+    return root
+
+
+def _find_dirs(root: Path, names: Iterable[str], max_depth: int = 4) -> list[Path]:
+    """Folders under ``root`` (``root`` included) whose normalised name is one of ``names``."""
+    wanted = {_normalise_name(name) for name in names}
+    found = []
+    root = root.absolute()
+    for current, dirs, _ in os.walk(root):
+        current_path = Path(current)
+        depth = len(current_path.relative_to(root).parts)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if depth >= max_depth:
+            dirs[:] = []
+        if _normalise_name(current_path.name) in wanted:
+            found.append(current_path)
+            dirs[:] = []  # a class folder's sub-folders belong to it
+    return sorted(found)
+
+
+def _missing(root: Path, what: str) -> DatasetProblem:
+    return DatasetProblem(str(root), f"no {what} found (searched {root} and its sub-folders)", fatal=True)
+
+
+def load_headct(root: Path) -> tuple[DataFrame, list[DatasetProblem]]:
+    """HeadCT: ``head_ct/<id>.png`` and ``labels.csv`` (``id, hemorrhage``).
+
+    Args:
+        root: Folder holding ``labels.csv`` and ``head_ct/`` (a nested ``head_ct/head_ct/``, as in
+            the Kaggle archive, is accepted).
+
+    Returns:
+        Samples and problems: labels naming missing images, images without labels, duplicate or
+        malformed rows, file names that are not ids, unreadable or missing labels file.
+    """
+    root = Path(root).absolute()
+    problems: list[DatasetProblem] = []
+    image_dir = root / "head_ct"
+    nested = _child(image_dir, "head_ct")
+    if nested is not None and not any(path.is_file() for path in image_dir.iterdir()):
+        image_dir = nested
+    listing = list_folder(image_dir, mask_suffix=None, recursive=False, role="HeadCT image")
+    problems += listing.problems
+
+    labels_path = root / "labels.csv"
+    labels: dict[int, int] = {}
+    if not labels_path.is_file():
+        problems.append(DatasetProblem(str(labels_path), "labels file does not exist", fatal=True))
+    else:
+        labels = _read_headct_labels(labels_path, problems)
+
+    images_by_id: dict[int, Path] = {}
+    for image in listing.images:
+        if not image.stem.isdigit():
+            reason = "file name is not a numeric id, so labels.csv cannot label it (rename it or remove it)"
+            problems.append(DatasetProblem(str(image), reason))
+            continue
+        image_id = int(image.stem)
+        if image_id in images_by_id:
+            reason = f"id {image_id} is also the id of {images_by_id[image_id].name}; ids must be unique"
+            problems.append(DatasetProblem(str(image), reason))
+            continue
+        images_by_id[image_id] = image
+    if labels_path.is_file():
+        for image_id, image in images_by_id.items():
+            if image_id not in labels:
+                problems.append(
+                    DatasetProblem(str(image), f"image has no label: no row with id {image_id} in labels.csv")
+                )
+        for image_id in sorted(set(labels) - set(images_by_id)):
+            reason = f"labels id {image_id}, but there is no image {image_id:03d}.png in {image_dir}"
+            problems.append(DatasetProblem(f"{labels_path} (id {image_id})", reason))
+
+    records = [
+        (image, labels[image_id], "", [], f"head_ct/{image.name}")
+        for image_id, image in sorted(images_by_id.items())
+        if image_id in labels
+    ]
+    return make_samples(records), problems
+
+
+def _read_headct_labels(path: Path, problems: list[DatasetProblem]) -> dict[int, int]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as file:
+            rows = list(csv.reader(file))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        problems.append(DatasetProblem(str(path), f"labels file cannot be read ({error})", fatal=True))
+        return {}
+    header = [cell.strip().lower() for cell in rows[0]] if rows else []
+    if "id" not in header or "hemorrhage" not in header:
+        reason = f"labels file needs the header 'id, hemorrhage', found {rows[0] if rows else 'an empty file'}"
+        problems.append(DatasetProblem(str(path), reason, fatal=True))
+        return {}
+    id_column, label_column = header.index("id"), header.index("hemorrhage")
+    labels: dict[int, int] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        where = f"{path} (line {line})"
+        try:
+            image_id, label = int(row[id_column].strip()), int(row[label_column].strip())
+        except (ValueError, IndexError):
+            problems.append(DatasetProblem(where, f"malformed row {row}: expected '<id>, <0 or 1>'"))
+            continue
+        if label not in {LabelName.NORMAL, LabelName.ABNORMAL}:
+            problems.append(DatasetProblem(where, f"hemorrhage must be 0 or 1, got {label}"))
+        elif image_id in labels:
+            problems.append(DatasetProblem(where, f"id {image_id} is labelled twice"))
+        else:
+            labels[image_id] = label
+    return labels
+
+
+def load_brainmri(root: Path) -> tuple[DataFrame, list[DatasetProblem]]:
+    """BrainMRI: ``no/`` (normal) and ``yes/`` (tumour), also inside ``brain_tumor_dataset/``.
+
+    Args:
+        root: Folder holding ``no/`` and ``yes/``.
+
+    Returns:
+        Samples and problems.
+    """
+    base = _dataset_base(Path(root).absolute(), ["brain_tumor_dataset"], "no")
+    return make_medical_folder_samples(normal_dir="no", abnormal_dir="yes", root=base, mask_suffix=None)
+
+
+def load_busi(root: Path) -> tuple[DataFrame, list[DatasetProblem]]:
+    """BUSI: ``normal/``, ``benign/``, ``malignant/`` with ``*_mask.png`` (``*_mask_<n>.png``) beside.
+
+    Args:
+        root: Folder holding the three class folders (or ``Dataset_BUSI_with_GT/`` holding them).
+
+    Returns:
+        Samples (segmentation when masks are present: masks of normal images are ignored and
+        several masks of one image are OR-ed; classification without masks) and problems.
+    """
+    base = _dataset_base(Path(root).absolute(), ["Dataset_BUSI_with_GT"], "benign")
+    return make_medical_folder_samples(
+        normal_dir="normal",
+        abnormal_dir=["benign", "malignant"],
+        root=base,
+        mask_suffix="_mask",
+    )
+
+
+def _class_folder_loader(
+    normal: Sequence[str],
+    abnormal: Sequence[str],
+    subset: str | None = None,
+    shallowest_only: bool = False,
+) -> Loader:
+    """Loader for layouts of class folders found anywhere under the root (names normalised)."""
+
+    def load(root: Path) -> tuple[DataFrame, list[DatasetProblem]]:
+        base = Path(root).absolute()
+        if subset is not None:
+            base = _child(base, subset) or base
+        normal_dirs = _find_dirs(base, normal)
+        abnormal_dirs = _find_dirs(base, abnormal)
+        if shallowest_only:
+            normal_dirs, abnormal_dirs = _shallowest(normal_dirs, base), _shallowest(abnormal_dirs, base)
+        problems = []
+        if not normal_dirs:
+            problems.append(_missing(base, f"normal-class folder ({' or '.join(normal)})"))
+        if not abnormal_dirs:
+            problems.append(_missing(base, f"abnormal-class folder ({' or '.join(abnormal)})"))
+        if problems:
+            return make_samples([]), problems
+        samples, found = make_medical_folder_samples(
+            normal_dir=normal_dirs,
+            abnormal_dir=abnormal_dirs,
+            root=base,
+            mask_suffix=None,
+        )
+        return samples, problems + found
+
+    return load
+
+
+def _shallowest(folders: list[Path], base: Path) -> list[Path]:
+    if not folders:
+        return folders
+    depth = min(len(folder.relative_to(base).parts) for folder in folders)
+    kept = [folder for folder in folders if len(folder.relative_to(base).parts) == depth]
+    for folder in folders:
+        if folder not in kept:
+            logger.warning("Ignoring %s: a nested copy of %s (the archive repeats its tree).", folder, kept[0].name)
+    return kept
+
+
+load_retinal_oct = _class_folder_loader(normal=["NORMAL"], abnormal=["DME"])
+load_retinal_oct.__doc__ = "Retinal OCT (Kermany 2018): every ``NORMAL/`` and ``DME/`` folder (train/test/val pooled)."
+load_cp_child_a = _class_folder_loader(normal=["Non-Polyp"], abnormal=["Polyp"], subset="CP-CHILD-A")
+load_cp_child_a.__doc__ = "CP-CHILD-A: ``CP-CHILD-A/{Train,Test}/{Non-Polyp,Polyp}/`` pooled."
+load_cp_child_b = _class_folder_loader(normal=["Non-Polyp"], abnormal=["Polyp"], subset="CP-CHILD-B")
+load_cp_child_b.__doc__ = "CP-CHILD-B: ``CP-CHILD-B/{Train,Test}/{Non-Polyp,Polyp}/`` pooled."
+load_iq_oth_nccd = _class_folder_loader(
+    normal=["Normal cases"],
+    abnormal=["Bengin cases", "Benign cases", "Malignant cases"],
+)
+load_iq_oth_nccd.__doc__ = "IQ-OTH/NCCD: ``Normal cases/`` vs ``Bengin cases/`` + ``Malignant cases/``."
+load_malaria_cell = _class_folder_loader(normal=["Uninfected"], abnormal=["Parasitized"], shallowest_only=True)
+load_malaria_cell.__doc__ = "Malaria-Cell: ``cell_images/{Uninfected,Parasitized}/`` (nested copy ignored)."
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------------
+DATASETS: dict[str, BenchmarkDataset] = {
+    info.key: info
+    for info in (
+        BenchmarkDataset(
+            key="headct",
+            id=1,
+            name="HeadCT",
+            modality="CT",
+            disease="brain hemorrhage",
+            url="https://www.kaggle.com/datasets/felipekitamura/head-ct-hemorrhage",
+            reference="Kitamura, Head CT - hemorrhage (Kaggle); paper ref. [40] (Togacar et al., UBMYK 2019)",
+            layout=(
+                "head_ct/000.png ... head_ct/199.png (200 axial slices, RGB and RGBA PNG; the Kaggle archive "
+                "may nest them as head_ct/head_ct/)\n"
+                "labels.csv: header 'id, hemorrhage'; id = the number in the file name, hemorrhage 1 (100 slices) "
+                "or 0 (100 slices)"
+            ),
+            journal=SplitCounts(60, 40, 100),
+            conference=SplitCounts(90, 10, 100),
+            loader=load_headct,
+        ),
+        BenchmarkDataset(
+            key="brainmri",
+            id=2,
+            name="BrainMRI",
+            modality="MRI",
+            disease="brain tumor",
+            url="https://www.kaggle.com/datasets/navoneel/brain-mri-images-for-brain-tumor-detection",
+            reference="Chakrabarty, Brain MRI Images for Brain Tumor Detection (Kaggle); paper ref. [41]",
+            layout=(
+                "no/ (98 tumour-free slices), yes/ (155 tumour slices); inconsistent names ('1 no.jpeg', "
+                "'N1.JPG', 'no 9.png', 'Y1.jpg'), JPEG and PNG, RGB/grayscale/RGBA/palette; the archive also "
+                "holds a copy under brain_tumor_dataset/{no,yes}/"
+            ),
+            journal=SplitCounts(58, 40, 154),
+            conference=SplitCounts(88, 10, 154),
+            loader=load_brainmri,
+            notes="Table I uses 154 of the 155 tumour images: a subset seeded by split_seed.",
+        ),
+        BenchmarkDataset(
+            key="lungct",
+            id=3,
+            name="LungCT",
+            modality="CT",
+            disease="Covid-19",
+            url="https://www.kaggle.com/datasets/gauravduttakiit/covid19-detection",
+            reference="Dutta, COVID-19 Detection (Kaggle); paper ref. [42]",
+            layout="Kaggle 'COVID-19 Detection' CT slices, one folder per class (Covid-19 vs. non-Covid).",
+            journal=SplitCounts(432, 145, 811),
+            conference=SplitCounts(432, 145, 811),
+            notes=(
+                "No loader: the public description does not give the folder names or which classes the 577 "
+                "normal and 811 abnormal images come from. Use MedicalFolder with normal_dir / abnormal_dir "
+                "and num_train=432, num_test_normal=145, num_test_abnormal=811."
+            ),
+        ),
+        BenchmarkDataset(
+            key="busi",
+            id=4,
+            name="BUSI",
+            modality="Ultrasound",
+            disease="breast cancer",
+            url="https://scholar.cu.edu.eg/?q=afahmy/pages/dataset",
+            reference="Al-Dhabyani et al., Dataset of breast ultrasound images, Data in Brief 28, 2020; ref. [43]",
+            layout=(
+                "Dataset_BUSI_with_GT/{normal,benign,malignant}/: '<class> (<n>).png' images (133 normal, "
+                "437 benign, 210 malignant) with '<class> (<n>)_mask.png' beside each (and '_mask_1.png', "
+                "'_mask_2.png' for images with several lesions)"
+            ),
+            journal=SplitCounts(99, 34, 647),
+            conference=SplitCounts(99, 34, 647),
+            loader=load_busi,
+            notes=(
+                "Abnormal = benign + malignant. Masks give pixel metrics (several masks of one image are "
+                "OR-ed); masks of normal images are ignored; without mask files, image metrics only."
+            ),
+        ),
+        BenchmarkDataset(
+            key="breastmri",
+            id=5,
+            name="BreastMRI",
+            modality="MRI",
+            disease="breast cancer",
+            url="https://www.kaggle.com/datasets/uzairkhan45/breast-cancer-patients-mris",
+            reference="Uzair, Breast Cancer Patients MRI's (Kaggle); paper ref. [44]",
+            layout="Kaggle 'Breast Cancer Patients MRI's': MRI slices in healthy / sick class folders.",
+            journal=SplitCounts(525, 175, 700),
+            notes=(
+                "No loader: the folder names and the train/validation sub-folders of the download are not "
+                "documented precisely enough to map them to Table I's 700 normal and 700 abnormal images. "
+                "Use MedicalFolder with num_train=525, num_test_normal=175, num_test_abnormal=700."
+            ),
+        ),
+        BenchmarkDataset(
+            key="retinal_oct",
+            id=6,
+            name="Retinal OCT",
+            modality="OCT",
+            disease="diabetic macular edema (DME)",
+            url="https://data.mendeley.com/datasets/rscbjbr9sj",
+            reference="Kermany et al., Cell 172(5), 2018; paper ref. [45]",
+            layout=(
+                "OCT2017/{train,test}/{CNV,DME,DRUSEN,NORMAL}/*.jpeg (the Kaggle copy adds val/; the Mendeley "
+                "archive nests it as CellData/OCT/); normal = NORMAL, abnormal = DME, CNV and DRUSEN unused"
+            ),
+            journal=SplitCounts(542, 50, 735),
+            loader=load_retinal_oct,
+            notes="Every NORMAL and DME folder is pooled; Table I's counts are seeded subsets of the pool.",
+        ),
+        BenchmarkDataset(
+            key="cp_child_a",
+            id=7,
+            name="CP-CHILD-A",
+            modality="Colonoscopy",
+            disease="colonic polyps",
+            url="https://figshare.com/articles/dataset/CP-CHILD_zip/12554042",
+            reference="Wang and Jing, CP-CHILD.zip, figshare, 2020; paper ref. [46]",
+            layout=(
+                "CP-CHILD-A/{Train,Test}/{Non-Polyp,Polyp}/*.jpg (7000 non-polyp, 1000 polyp images, 256x256); "
+                "root may be CP-CHILD-A/ or the folder that holds it"
+            ),
+            journal=SplitCounts(800, 800, 800),
+            loader=load_cp_child_a,
+            notes="Train and Test folders are pooled; Table I's counts are seeded subsets.",
+        ),
+        BenchmarkDataset(
+            key="cp_child_b",
+            id=8,
+            name="CP-CHILD-B",
+            modality="Colonoscopy",
+            disease="colonic polyps",
+            url="https://figshare.com/articles/dataset/CP-CHILD_zip/12554042",
+            reference="Wang and Jing, CP-CHILD.zip, figshare, 2020; paper ref. [46]",
+            layout=(
+                "CP-CHILD-B/{Train,Test}/{Non-Polyp,Polyp}/*.jpg (1100 non-polyp, 400 polyp images, 256x256); "
+                "root may be CP-CHILD-B/ or the folder that holds it"
+            ),
+            journal=SplitCounts(800, 300, 300),
+            loader=load_cp_child_b,
+            notes="Train and Test folders are pooled; Table I's counts are seeded subsets.",
+        ),
+        BenchmarkDataset(
+            key="nafld",
+            id=9,
+            name="NAFLD",
+            modality="Whole-slide imaging",
+            disease="non-alcoholic fatty liver disease",
+            url="https://arxiv.org/abs/2210.07675",
+            reference="Zingman et al., arXiv:2210.07675, 2022; paper ref. [47]",
+            layout="Histology tiles of rodent liver whole-slide images (see the paper's data availability).",
+            journal=SplitCounts(525, 1645, 2150),
+            notes=(
+                "No loader: the tiles and their normal / altered labels are distributed by the authors in a "
+                "layout the public description does not fix. Use MedicalFolder with num_train=525, "
+                "num_test_normal=1645, num_test_abnormal=2150."
+            ),
+        ),
+        BenchmarkDataset(
+            key="iq_oth_nccd",
+            id=10,
+            name="IQ-OTH/NCCD",
+            modality="CT",
+            disease="lung cancer",
+            url="https://data.mendeley.com/datasets/bhmdr45bh2/1",
+            reference="Alyasriy, The IQ-OTH/NCCD lung cancer dataset, Mendeley Data, 2020; paper ref. [48]",
+            layout=(
+                "The IQ-OTHNCCD lung cancer dataset/{Normal cases,Bengin cases,Malignant cases}/*.jpg "
+                "(416 normal, 120 benign, 561 malignant; 'Bengin' is the download's spelling)"
+            ),
+            journal=SplitCounts(277, 139, 681),
+            loader=load_iq_oth_nccd,
+            notes="Abnormal = benign + malignant.",
+        ),
+        BenchmarkDataset(
+            key="covid_xray",
+            id=11,
+            name="Covid-Xray",
+            modality="X-ray",
+            disease="Covid-19",
+            url="https://github.com/ieee8023/covid-chestxray-dataset",
+            reference="Cohen et al., COVID-19 image data collection, arXiv:2003.11597; paper ref. [49]",
+            layout="images/ and metadata.csv (one row per image: filename, finding, modality, view, ...).",
+            journal=SplitCounts(70, 20, 132),
+            notes=(
+                "No loader: the collection is labelled by metadata.csv findings, and which rows (views, "
+                "modalities, 'No Finding' cases) make Table I's 90 normal and 132 Covid-19 images is not "
+                "stated. Use MedicalFolder with num_train=70, num_test_normal=20, num_test_abnormal=132."
+            ),
+        ),
+        BenchmarkDataset(
+            key="malaria_cell",
+            id=12,
+            name="Malaria-Cell",
+            modality="Microscopy",
+            disease="malaria",
+            url="https://www.kaggle.com/datasets/iarunava/cell-images-for-detecting-malaria",
+            reference="Rajaraman et al. / NIH, Malaria Cell Images (Kaggle); paper ref. [50]",
+            layout=(
+                "cell_images/{Uninfected,Parasitized}/*.png (13,779 each, plus a Thumbs.db in each folder); the "
+                "archive repeats the tree as cell_images/cell_images/, which is ignored"
+            ),
+            journal=SplitCounts(344, 345, 330),
+            loader=load_malaria_cell,
+            notes="Thumbs.db files are ignored (and logged); Table I's counts are seeded subsets.",
+        ),
+    )
+}
+
+
+def get_dataset(dataset: str | int) -> BenchmarkDataset:
+    """Look a benchmark dataset up by key, name or Table I ID.
+
+    Args:
+        dataset: ``"headct"``, ``"HeadCT"``, ``"CP-CHILD-A"``, ``1``... (case and punctuation ignored).
+
+    Returns:
+        The registry entry.
+
+    Raises:
+        KeyError: If no dataset matches.
+    """
+    for info in DATASETS.values():
+        if isinstance(dataset, int) and not isinstance(dataset, bool):
+            if info.id == dataset:
+                return info
+        elif _normalise_name(str(dataset)) in {_normalise_name(info.key), _normalise_name(info.name), str(info.id)}:
+            return info
+    msg = f"Unknown benchmark dataset {dataset!r}; known: {', '.join(info.name for info in DATASETS.values())}."
+    raise KeyError(msg)
+
+
+# --------------------------------------------------------------------------------------------------
+# Datamodules
+# --------------------------------------------------------------------------------------------------
+class BenchmarkDataModule(MedicalDataModule):
+    """Datamodule of a benchmark dataset: its raw public layout with the paper's split as defaults.
+
+    Subclasses only set :attr:`dataset_key`. The split counts come from :data:`DATASETS`
+    (``split="journal"``: Table I; ``split="conference"``: the ISCAS 2023 paper) unless overridden.
+    The validation split mode defaults to ``same_as_test``: the paper evaluates on the test set and
+    has no validation set, and anomalib's Folder default (half of the test set) would change
+    Table I's test counts.
+
+    Args:
+        root: Folder of the unpacked download; ``None`` means ``./datasets/<key>``.
+        split: ``"journal"`` (Table I) or ``"conference"``.
+        num_train: Override the number of normal training images.
+        num_test_normal: Override the number of normal test images.
+        num_test_abnormal: Override the number of abnormal test images.
+        split_seed: Seed of the train/test split (bit-for-bit reproducible).
+        skip_invalid: Leave out invalid files (one warning each) instead of failing at set-up.
+        dicom_window: DICOM window ``(center, width)`` or name; ``None`` uses each file's own.
+        train_batch_size: Training batch size.
+        eval_batch_size: Validation/test batch size.
+        num_workers: Dataloader workers.
+        train_augmentations: Augmentations of training images.
+        val_augmentations: Augmentations of validation images.
+        test_augmentations: Augmentations of test images.
+        augmentations: Augmentations used where no stage-specific ones are given.
+        test_split_mode: anomalib's test split mode.
+        test_split_ratio: anomalib's test split ratio.
+        val_split_mode: anomalib's validation split mode (default ``same_as_test``, see above).
+        val_split_ratio: anomalib's validation split ratio.
+        seed: Seed of anomalib's validation split; ``None`` uses ``split_seed``.
+    """
+
+    #: Key of the dataset in :data:`DATASETS`.
+    dataset_key: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        split: str = "journal",
+        num_train: int | None = None,
+        num_test_normal: int | None = None,
+        num_test_abnormal: int | None = None,
+        split_seed: int = 0,
+        skip_invalid: bool = False,
+        dicom_window: DicomWindow | None = None,
+        train_batch_size: int = 32,
+        eval_batch_size: int = 32,
+        num_workers: int = 8,
+        train_augmentations: Transform | None = None,
+        val_augmentations: Transform | None = None,
+        test_augmentations: Transform | None = None,
+        augmentations: Transform | None = None,
+        test_split_mode: TestSplitMode | str = TestSplitMode.FROM_DIR,
+        test_split_ratio: float = 0.2,
+        val_split_mode: ValSplitMode | str = ValSplitMode.SAME_AS_TEST,
+        val_split_ratio: float = 0.5,
+        seed: int | None = None,
+    ) -> None:
+        if self.dataset_key not in DATASETS:
+            msg = f"{type(self).__name__} must set dataset_key to one of {sorted(DATASETS)}."
+            raise TypeError(msg)
+        info = DATASETS[self.dataset_key]
+        if info.loader is None:
+            msg = f"{info.name} has no loader: {info.notes}"
+            raise TypeError(msg)
+        counts = info.split_counts(split)
+        super().__init__(
+            name=info.name,
+            num_train=counts.train if num_train is None else num_train,
+            num_test_normal=counts.test_normal if num_test_normal is None else num_test_normal,
+            num_test_abnormal=counts.test_abnormal if num_test_abnormal is None else num_test_abnormal,
+            split_seed=split_seed,
+            skip_invalid=skip_invalid,
+            dicom_window=dicom_window,
+            train_batch_size=train_batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            train_augmentations=train_augmentations,
+            val_augmentations=val_augmentations,
+            test_augmentations=test_augmentations,
+            augmentations=augmentations,
+            test_split_mode=test_split_mode,
+            test_split_ratio=test_split_ratio,
+            val_split_mode=val_split_mode,
+            val_split_ratio=val_split_ratio,
+            seed=seed,
+        )
+        self.info = info
+        self.split = split
+        self.root = Path(root).expanduser() if root is not None else info.default_root
+
+    def _make_samples(self) -> tuple[DataFrame, list[DatasetProblem]]:
+        assert self.info.loader is not None  # checked in __init__
+        return self.info.loader(self.root)
+
+    def _layout_hint(self) -> str:
+        return (
+            f"root is {self.root.absolute()}. {self.info.name} is downloaded from {self.info.url}; "
+            f"expected raw layout:\n{self.info.layout}"
+        )
+
+
+class HeadCT(BenchmarkDataModule):
+    """HeadCT (Table I, ID 1): ``head_ct/*.png`` + ``labels.csv``; 60 / 40 & 100 (conference 90 / 10 & 100).
+
+    See :class:`BenchmarkDataModule` for the arguments.
+    """
+
+    dataset_key = "headct"
+
+
+class BrainMRI(BenchmarkDataModule):
+    """BrainMRI (Table I, ID 2): ``no/``, ``yes/``; 58 / 40 & 154 (conference 88 / 10 & 154).
+
+    See :class:`BenchmarkDataModule` for the arguments.
+    """
+
+    dataset_key = "brainmri"
+
+
+class BUSI(BenchmarkDataModule):
+    """BUSI (Table I, ID 4): ``normal/``, ``benign/``, ``malignant/`` with masks; 99 / 34 & 647.
+
+    Masks (``*_mask.png``, ``*_mask_<n>.png``, OR-ed) give pixel metrics; without them the task is
+    classification (image metrics only). See :class:`BenchmarkDataModule` for the arguments.
+    """
+
+    dataset_key = "busi"
+
+
+class RetinalOCT(BenchmarkDataModule):
+    """Retinal OCT (Table I, ID 6): ``NORMAL/`` vs ``DME/`` folders of OCT2017; 542 / 50 & 735.
+
+    See :class:`BenchmarkDataModule` for the arguments.
+    """
+
+    dataset_key = "retinal_oct"
+
+
+class CPChildA(BenchmarkDataModule):
+    """CP-CHILD-A (Table I, ID 7): ``Non-Polyp/`` vs ``Polyp/``; 800 / 800 & 800.
+
+    See :class:`BenchmarkDataModule` for the arguments.
+    """
+
+    dataset_key = "cp_child_a"
+
+
+class CPChildB(BenchmarkDataModule):
+    """CP-CHILD-B (Table I, ID 8): ``Non-Polyp/`` vs ``Polyp/``; 800 / 300 & 300.
+
+    See :class:`BenchmarkDataModule` for the arguments.
+    """
+
+    dataset_key = "cp_child_b"
+
+
+class IQOTHNCCD(BenchmarkDataModule):
+    """IQ-OTH/NCCD (Table I, ID 10): ``Normal cases/`` vs benign + malignant; 277 / 139 & 681.
+
+    See :class:`BenchmarkDataModule` for the arguments.
+    """
+
+    dataset_key = "iq_oth_nccd"
+
+
+class MalariaCell(BenchmarkDataModule):
+    """Malaria-Cell (Table I, ID 12): ``Uninfected/`` vs ``Parasitized/``; 344 / 345 & 330.
+
+    See :class:`BenchmarkDataModule` for the arguments.
+    """
+
+    dataset_key = "malaria_cell"
+
+
+#: Datamodule class of every dataset that has a loader, by registry key.
+DATAMODULES: dict[str, type[BenchmarkDataModule]] = {
+    cls.dataset_key: cls for cls in (HeadCT, BrainMRI, BUSI, RetinalOCT, CPChildA, CPChildB, IQOTHNCCD, MalariaCell)
+}
+
+
+def get_datamodule(dataset: str | int, **kwargs: object) -> BenchmarkDataModule:
+    """Create the datamodule of a benchmark dataset by key, name or Table I ID.
+
+    Args:
+        dataset: ``"headct"``, ``"BrainMRI"``, ``4``... (see :func:`get_dataset`).
+        **kwargs: Arguments of :class:`BenchmarkDataModule` (``root``, ``split``...).
+
+    Returns:
+        The datamodule.
+
+    Raises:
+        KeyError: If the dataset is unknown or has no loader.
+    """
+    info = get_dataset(dataset)
+    if info.key not in DATAMODULES:
+        msg = f"{info.name} has no loader: {info.notes}"
+        raise KeyError(msg)
+    return DATAMODULES[info.key](**kwargs)  # type: ignore[arg-type]
