@@ -101,3 +101,17 @@ def test_predict_from_checkpoint(cli_run: Path, phantom_root: Path) -> None:
     )
     assert "Traceback" not in output
     assert list((cli_run / "predict").rglob("*.png"))
+
+
+def test_fit_and_test_subcommands_with_short_names(tmp_path: Path, phantom_root: Path) -> None:
+    model_args = ["--model", "SkipTS", "--model.backbone", "resnet18", "--model.pre_trained", "false"]
+    model_args += ["--model.image_size", str(PHANTOM["image_size"])]
+    data_args = ["--data", "anomalib_skipts.data.HeadPhantom", "--data.root", str(phantom_root)]
+    for name, value in PHANTOM.items():
+        data_args += [f"--data.{name}", str(value)]
+    _anomalib(
+        "fit", *model_args, *data_args, "--trainer.max_epochs", "1", "--default_root_dir", str(tmp_path), cwd=tmp_path
+    )
+    checkpoint = next(tmp_path.rglob("model.ckpt"))
+    output = _anomalib("test", *model_args, *data_args, "--ckpt_path", str(checkpoint), cwd=tmp_path)
+    assert "image_AUROC" in output
