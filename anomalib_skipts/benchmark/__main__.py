@@ -1,0 +1,179 @@
+"""Command line of the Skip-TS side-by-side benchmark (``skipts-benchmark`` / ``python -m anomalib_skipts.benchmark``).
+
+Runs Skip-TS (IEEE TIM 2024) and anomalib's baselines under the paper's protocol, as described by a
+YAML file in ``configs/benchmark/``, and writes a per-run CSV, a Markdown summary and figures.
+
+Example:
+    .. code-block:: bash
+
+        skipts-benchmark --config configs/benchmark/cpu_quick.yaml
+        skipts-benchmark --config configs/benchmark/ablation.yaml --protocol cpu-quick
+        skipts-benchmark --config configs/benchmark/smoke.yaml --report-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import BenchmarkConfig
+
+LOGGER_NAME = "anomalib_skipts.benchmark"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options.
+
+    Returns:
+        argparse.ArgumentParser: The parser.
+    """
+    parser = argparse.ArgumentParser(
+        prog="skipts-benchmark",
+        description="Side-by-side benchmark of Skip-TS and anomalib models (models x datasets x seeds).",
+    )
+    parser.add_argument("--config", help="Benchmark YAML (see configs/benchmark/).")
+    parser.add_argument("--protocol", help="Named protocol replacing the config's: paper, cpu-quick or smoke.")
+    parser.add_argument("--output", help="Results folder replacing the config's output_dir.")
+    parser.add_argument("--seeds", type=int, nargs="+", help="Seeds replacing the config's.")
+    parser.add_argument("--models", nargs="+", help="Run only these models (names from the config).")
+    parser.add_argument("--datasets", nargs="+", help="Run only these datasets (names from the config).")
+    parser.add_argument("--max-epochs", type=int, help="Epochs replacing the protocol's.")
+    parser.add_argument("--no-retry-failed", action="store_true", help="On restart, skip runs that failed before.")
+    parser.add_argument("--dry-run", action="store_true", help="List the runs and their status, run nothing.")
+    parser.add_argument("--report-only", action="store_true", help="Only rebuild summary.md and the figures.")
+    parser.add_argument("--strict", action="store_true", help="Exit with status 1 if any run failed.")
+    parser.add_argument(
+        "--anomalib-config",
+        metavar="PATH",
+        help="Write the config translated for `anomalib benchmark` to PATH and exit.",
+    )
+    parser.add_argument(
+        "--anomalib-pipeline",
+        action="store_true",
+        help="Run the config through anomalib's own `anomalib benchmark` pipeline instead (where it allows).",
+    )
+    parser.add_argument("--list-protocols", action="store_true", help="Print the named protocols and exit.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Keep Lightning's and tqdm's output.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point.
+
+    Args:
+        argv: Arguments without the program name; ``None`` reads ``sys.argv``.
+
+    Returns:
+        int: Exit status.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.verbose:
+        # tqdm reads TQDM_* variables when imported: set before anomalib (PatchCore's coreset bar) loads.
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    log = _setup_logging()
+
+    from dataclasses import asdict
+
+    from .config import PROTOCOLS, load_config
+
+    if args.list_protocols:
+        for name, protocol in PROTOCOLS.items():
+            log.info("%s: %s", name, {k: v for k, v in asdict(protocol).items() if k != "name"})
+        return 0
+    if args.config is None:
+        parser.error("--config is required")
+    config = load_config(args.config, protocol=args.protocol, output_dir=args.output, max_epochs=args.max_epochs)
+    config = config.select(models=args.models, datasets=args.datasets, seeds=args.seeds)
+    command = "skipts-benchmark " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+
+    if args.anomalib_config or args.anomalib_pipeline:
+        return _anomalib(config, args, log)
+    if args.dry_run:
+        return _dry_run(config, log, retry_failed=not args.no_retry_failed)
+
+    from .report import recorded_command, write_report
+    from .runner import RUNS_CSV, BenchmarkRunner, write_config_snapshot
+
+    if not args.report_only:
+        BenchmarkRunner(config, retry_failed=not args.no_retry_failed, log=log.info, command=command).run()
+    if not (config.output_dir / RUNS_CSV).is_file():
+        log.error("No results in %s", config.output_dir)
+        return 1
+    if args.report_only:  # the layout follows the config as it is now; the command stays the runs' one
+        write_config_snapshot(config, recorded_command(config.output_dir))
+    summary, plots = write_report(config.output_dir)
+    log.info("Summary: %s", summary)
+    for plot in plots:
+        log.info("Figure: %s", plot)
+    if args.strict:
+        import pandas as pd
+
+        frame = pd.read_csv(config.output_dir / RUNS_CSV)
+        return int((frame["status"] != "ok").any())
+    return 0
+
+
+def _anomalib(config: BenchmarkConfig, args: argparse.Namespace, log: logging.Logger) -> int:
+    import yaml
+
+    from .anomalib_pipeline import LIMITATIONS, run_anomalib_benchmark, to_anomalib_benchmark
+
+    pipeline, notes = to_anomalib_benchmark(config)
+    for note in notes:
+        log.warning("Left out of anomalib's pipeline: %s", note)
+    if args.anomalib_config:
+        Path(args.anomalib_config).write_text(yaml.safe_dump(pipeline, sort_keys=False), encoding="utf-8")
+        log.info(
+            "Wrote %s; run it with: PL_TRAINER_MAX_EPOCHS=%d anomalib benchmark --config %s",
+            args.anomalib_config,
+            config.protocol.max_epochs,
+            args.anomalib_config,
+        )
+        log.info("What anomalib's pipeline cannot do:\n- %s", "\n- ".join(LIMITATIONS))
+        return 0
+    results = run_anomalib_benchmark(config)
+    log.info("anomalib's pipeline wrote %s", results)
+    return 0
+
+
+def _dry_run(config: BenchmarkConfig, log: logging.Logger, retry_failed: bool) -> int:
+    from .runner import ResultStore
+
+    store = ResultStore(config.output_dir)
+    runs = config.runs()
+    for index, run in enumerate(runs, start=1):
+        state = "finished" if store.finished(run, retry_failed) else "to run"
+        log.info(
+            "[run %d/%d] model=%s dataset=%s seed=%d epochs=%d: %s",
+            index,
+            len(runs),
+            run.model.name,
+            run.dataset.name,
+            run.seed,
+            run.max_epochs,
+            state,
+        )
+    return 0
+
+
+def _setup_logging() -> logging.Logger:
+    log = logging.getLogger(LOGGER_NAME)
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return log
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Run a benchmark config through anomalib's own ``anomalib benchmark`` pipeline, where it allows.
+
+anomalib 2.7's pipeline (``anomalib.pipelines.Benchmark``) trains each model with
+``Engine.fit`` and reports ``Engine.test`` metrics for a grid of models, datamodules and seeds. It
+is a useful cross-check of the Skip-TS benchmark (IEEE TIM 2024 protocol) but it cannot express the
+whole protocol; :data:`LIMITATIONS` lists what it cannot do, and :func:`to_anomalib_benchmark`
+translates what it can, reporting what it had to leave out.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import BenchmarkConfig, RunSpec
+from .runner import datamodule_init_args, model_init_args, resolve_datamodule_class, resolve_model_class
+
+PIPELINE_DIR = "anomalib_pipeline"
+
+LIMITATIONS: tuple[str, ...] = (
+    "Datamodules: only classes exported by `anomalib.data` (`get_datamodule` looks the name up there), so "
+    "custom datamodules (HeadCT, BrainMRI, MedicalFolder) cannot be used. Subclasses of `Folder` "
+    "(HeadPhantom) are translated to a plain `Folder` with the same folders and split settings.",
+    "Models: names known to `anomalib.models.get_model` only (SkipTS is, through the package's import hook); "
+    "init_args must be plain YAML, so the shared input size cannot be given to models without an "
+    "`image_size` argument: they use their default pre-processor (256x256 for PaDiM, PatchCore, STFPM, RD).",
+    "Epochs: the job builds `Engine(accelerator, devices, default_root_dir)` only; the epoch count is passed "
+    "through Lightning's `PL_TRAINER_MAX_EPOCHS` environment variable, one value for all models "
+    "(models' own `trainer_arguments`, e.g. PaDiM's single epoch, still win).",
+    "Metrics: anomalib's default evaluator (image/pixel AUROC and F1 at the F1-adaptive threshold on "
+    "normalised scores); no Youden threshold, no accuracy, no FLOPs or parameter counts, and no throughput "
+    "(removed upstream, anomalib issue 2054).",
+    "Robustness: not restartable (results are written once, after all jobs), and a model that fails while "
+    "being built (STFPM without ImageNet weights) aborts the whole grid because jobs are built outside the "
+    "runner's try block.",
+    "Last epoch: satisfied (`engine.test(model, datamodule)` tests the current weights).",
+)
+
+
+def to_anomalib_benchmark(config: BenchmarkConfig) -> tuple[dict[str, Any], list[str]]:
+    """Translate a benchmark config into an ``anomalib benchmark`` config.
+
+    Args:
+        config: The benchmark.
+
+    Returns:
+        tuple[dict[str, Any], list[str]]: The pipeline config, and one note per model or dataset
+        that had to be left out (with the reason).
+    """
+    import anomalib.data
+
+    notes: list[str] = []
+    probe_dataset = config.datasets[0]
+    models = []
+    for model in config.models:
+        if "." in model.class_path:
+            notes.append(f"model {model.name}: dotted class paths are rejected by get_model; left out")
+            continue
+        try:
+            model_class = resolve_model_class(model.class_path)
+        except (ValueError, ImportError) as error:
+            notes.append(f"model {model.name}: {error}; left out")
+            continue
+        run = RunSpec(model=model, dataset=probe_dataset, seed=config.seeds[0], protocol=config.protocol)
+        init_args = {
+            key: _plain(value)
+            for key, value in model_init_args(run, model_class).items()
+            if key not in {"pre_processor", "post_processor", "evaluator", "visualizer"}
+        }
+        models.append({"class_path": model_class.__name__, "init_args": init_args})
+    datasets = []
+    for dataset in config.datasets:
+        run = RunSpec(model=config.models[0], dataset=dataset, seed=config.seeds[0], protocol=config.protocol)
+        datamodule_class = resolve_datamodule_class(dataset.class_path)
+        init_args = datamodule_init_args(run, datamodule_class)
+        if getattr(anomalib.data, datamodule_class.__name__, None) is datamodule_class:
+            datasets.append({"class_path": datamodule_class.__name__, "init_args": _absolute(_plain(init_args))})
+        elif issubclass(datamodule_class, anomalib.data.Folder):
+            datasets.append({"class_path": "Folder", "init_args": _as_folder(datamodule_class(**init_args))})
+        else:
+            notes.append(f"dataset {dataset.name}: {datamodule_class.__name__} is not in anomalib.data; left out")
+    accelerator = config.protocol.accelerator
+    if accelerator not in {"cpu", "cuda"}:
+        import torch
+
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    pipeline = {
+        "accelerator": accelerator,
+        "benchmark": {
+            "seed": {"grid": list(config.seeds)},
+            "model": {"grid": models},
+            "data": {"grid": datasets},
+        },
+    }
+    return pipeline, notes
+
+
+def run_anomalib_benchmark(config: BenchmarkConfig, timeout: float | None = None) -> Path:
+    """Write the translated config and run it with the ``anomalib benchmark`` command.
+
+    The pipeline runs in a subprocess (it redirects all logging to a file) with its working
+    directory in ``<output_dir>/anomalib_pipeline``, where it writes ``runs/benchmark/<date>/results.csv``.
+
+    Args:
+        config: The benchmark.
+        timeout: Seconds before the subprocess is stopped (``None``: no limit).
+
+    Returns:
+        Path: The ``results.csv`` written by anomalib.
+
+    Raises:
+        RuntimeError: If nothing could be translated or anomalib wrote no results.
+    """
+    pipeline, notes = to_anomalib_benchmark(config)
+    if not pipeline["benchmark"]["model"]["grid"] or not pipeline["benchmark"]["data"]["grid"]:
+        msg = "Nothing to run through anomalib's pipeline: " + "; ".join(notes)
+        raise RuntimeError(msg)
+    workdir = (config.output_dir / PIPELINE_DIR).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "benchmark.yaml"
+    config_path.write_text(yaml.safe_dump(pipeline, sort_keys=False), encoding="utf-8")
+    (workdir / "notes.txt").write_text("\n".join(notes) + "\n", encoding="utf-8")
+    before = set(workdir.glob("runs/benchmark/*/results.csv"))
+    env = {**os.environ, "PL_TRAINER_MAX_EPOCHS": str(config.protocol.max_epochs)}
+    cli = "from anomalib.cli.cli import main; main()"  # the `anomalib` console script
+    command = [sys.executable, "-c", cli, "benchmark", "--config", config_path.name]
+    subprocess.run(command, cwd=workdir, env=env, check=False, timeout=timeout)
+    written = sorted(set(workdir.glob("runs/benchmark/*/results.csv")) - before)
+    if not written:
+        msg = f"anomalib's benchmark pipeline wrote no results; see {workdir / 'runs' / 'pipeline.log'}"
+        raise RuntimeError(msg)
+    return written[-1]
+
+
+def _as_folder(datamodule: Any) -> dict[str, Any]:
+    """Plain ``Folder`` arguments equivalent to an instance of a ``Folder`` subclass (data prepared first)."""
+    from anomalib.data import Folder
+
+    datamodule.prepare_data()
+    names = [name for name in inspect.signature(Folder).parameters if not name.endswith("augmentations")]
+    values = {name: getattr(datamodule, name) for name in names if hasattr(datamodule, name)}
+    values["name"] = datamodule.name
+    values["seed"] = datamodule.seed
+    return _absolute(_plain(values))
+
+
+def _absolute(init_args: dict[str, Any]) -> dict[str, Any]:
+    """Make a relative ``root`` absolute: the pipeline runs in its own working directory."""
+    if init_args.get("root") is not None:
+        init_args["root"] = str(Path(init_args["root"]).resolve())
+    return init_args
+
+
+def _plain(value: Any) -> Any:
+    """YAML-safe copy of a value (enums -> values, paths -> strings, tuples -> lists)."""
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, Enum):
+        return _plain(value.value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
