@@ -133,6 +133,12 @@ class ResultStore:
 # ------------------------------------------------------------------------------------------------
 
 
+def _import_dotted(class_path: str) -> type:
+    """Import ``package.module.Name`` and return ``Name``."""
+    module_name, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module_name), name)
+
+
 def resolve_model_class(class_path: str) -> type[AnomalibModule]:
     """Find a model class by anomalib name (``Padim``, ``reverse_distillation``, ``SkipTS``) or path.
 
@@ -148,8 +154,7 @@ def resolve_model_class(class_path: str) -> type[AnomalibModule]:
     from anomalib.models import AnomalibModule
 
     if "." in class_path:
-        module_name, _, name = class_path.rpartition(".")
-        return getattr(importlib.import_module(module_name), name)
+        return _import_dotted(class_path)
     import anomalib.models
 
     with contextlib.suppress(ImportError):  # registers SkipTS on anomalib.models (also done by the .pth hook)
@@ -226,8 +231,7 @@ def resolve_datamodule_class(class_path: str) -> type[AnomalibDataModule]:
         ValueError: If no such class exists.
     """
     if "." in class_path:
-        module_name, _, name = class_path.rpartition(".")
-        return getattr(importlib.import_module(module_name), name)
+        return _import_dotted(class_path)
     for module_name in ("anomalib.data", "anomalib_skipts.data"):
         with contextlib.suppress(ImportError):
             candidate = getattr(importlib.import_module(module_name), class_path, None)
