@@ -126,3 +126,8 @@ def test_failed_download_names_both_ways_out(monkeypatch: pytest.MonkeyPatch) ->
     assert "backbone_weights" in message
     assert "offline" in message
     assert isinstance(error.value.__cause__, OSError)
+
+
+def test_authors_code_loss_variant_requires_cosine_similarity() -> None:
+    with pytest.raises(ValueError, match=r"loss_variant='authors_code'.*similarity='cosine'"):
+        SkipTS(backbone="resnet18", pre_trained=False, similarity="mse", loss_variant="authors_code")
