@@ -7,7 +7,8 @@ machine and one input size measures, alternating the models in rounds and taking
   ``Engine``): Reverse Distillation, Skip-TS with the teacher-feature cache (first epoch and steady
   state) and Skip-TS without it;
 - inference throughput of ``model.model`` (eager torch, eval mode, ``torch.inference_mode``) at
-  batch 1 and batch 16;
+  batch 1 and batch 16, plus, as a diagnostic, RD given Skip-TS's inference engineering (folded
+  batch norms, channels-last layout) to separate the architecture's share of the ratio;
 - the exported Skip-TS pipeline (``to_onnx`` / ``to_openvino``) through ONNX Runtime and OpenVINO
   on CPU against eager ``model.forward`` at batch 1;
 - parameters and FLOPs per image (``FlopCounterMode``) beside the paper's Table III;
@@ -27,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import logging
@@ -40,6 +42,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -59,8 +62,10 @@ RD = "RD"
 SKIPTS = "SkipTS"
 SKIPTS_CACHE = "SkipTS-cache"
 SKIPTS_NOCACHE = "SkipTS-nocache"
+RD_TUNED = "RD-tuned"
 TRAINING_ORDER = (RD, SKIPTS_CACHE, SKIPTS_NOCACHE)
-INFERENCE_ORDER = (RD, SKIPTS)
+INFERENCE_ORDER = (RD, SKIPTS, RD_TUNED)
+COST_ORDER = (RD, SKIPTS)
 INFERENCE_BATCH_SIZES = (1, 16)
 RUNTIMES = ("eager", "onnxruntime", "openvino_default", "openvino_f32")
 
@@ -197,6 +202,10 @@ def stage_modules(model: AnomalibModule) -> dict[str, list[nn.Module]]:
     inner = model.model
     if hasattr(inner, "teacher") and hasattr(inner, "student"):
         student = [inner.student]
+        if not inner.training:  # inference runs the batch-norm-folded copy of the student
+            with torch.no_grad():
+                folded = inner.inference_student()
+            student += [folded] if folded is not inner.student else []
         teacher = inner.teacher
     elif hasattr(inner, "encoder") and hasattr(inner, "decoder"):
         student = [inner.bottleneck, inner.decoder]
@@ -250,6 +259,23 @@ def build_models(backbone: str, image_size: int, seed: int = 0) -> dict[str, Ano
         SKIPTS_CACHE: SkipTS(backbone=backbone, pre_trained=False, image_size=size, teacher_cache=True),
         SKIPTS_NOCACHE: SkipTS(backbone=backbone, pre_trained=False, image_size=size, teacher_cache=False),
     }
+
+
+def with_inference_engineering(model: AnomalibModule) -> SimpleNamespace:
+    """Copy an RD model's torch model with Skip-TS's inference engineering: folded batch norms, channels-last.
+
+    A diagnostic for the inference comparison only (the copy cannot be trained): the ratio of
+    Skip-TS to this copy is what the architecture alone gives, without the engineering.
+
+    Returns:
+        ``model`` (the modified copy of ``model.model``, eval mode) and ``loss`` (the original's), as
+        :func:`measure_inference` and :func:`stage_modules` read them.
+    """
+    from anomalib_skipts.models.skip_ts.batch_norm_folding import fold_batch_norm
+
+    tuned = copy.deepcopy(model.model).eval()
+    fold_batch_norm(tuned)
+    return SimpleNamespace(model=tuned.to(memory_format=torch.channels_last), loss=model.loss)
 
 
 def build_datamodule(root: Path, image_size: int, num_train: int, batch_size: int) -> HeadPhantom:
@@ -704,7 +730,7 @@ def measure_cost(models: dict[str, AnomalibModule], image: torch.Tensor) -> dict
         Name -> ``{"params_total", "params_trainable", "flops_per_image"}``.
     """
     cost: dict[str, dict[str, float]] = {}
-    for name in INFERENCE_ORDER:
+    for name in COST_ORDER:
         model = models[name]
         optimizer = model.configure_optimizers()
         optimizers = optimizer if isinstance(optimizer, list | tuple) else [optimizer]
@@ -751,6 +777,11 @@ def compute_ratios(results: dict[str, Any]) -> dict[str, float]:
             key = f"batch_{size}"
             ratios[f"inference_{key}"] = _ratio(inference[key][SKIPTS], inference[key][RD])
             ratios[f"inference_{key}_cpu"] = _ratio(inference[f"{key}_cpu"][SKIPTS], inference[f"{key}_cpu"][RD])
+            for measure in (key, f"{key}_cpu"):
+                if RD_TUNED in inference[measure]:
+                    ratios[f"inference_{measure}_vs_rd_tuned"] = _ratio(
+                        inference[measure][SKIPTS], inference[measure][RD_TUNED]
+                    )
     export = results.get("export", {}).get("summary")
     if export:
         for name in RUNTIMES[1:]:
@@ -828,14 +859,16 @@ def render_markdown(results: dict[str, Any]) -> str:
     inference = results.get("inference", {}).get("summary")
     if inference:
         lines += [
-            "| inference, eager `model.model` (images/s) | RD | Skip-TS | Skip-TS / RD | Skip-TS / RD per CPU-second |",
-            "|---|---|---|---|---|",
+            "| inference, eager `model.model` (images/s) | RD | Skip-TS | Skip-TS / RD | Skip-TS / RD per CPU-second "
+            "| RD, folded BN + channels-last (diagnostic) | Skip-TS / that |",
+            "|---|---|---|---|---|---|---|",
         ]
         for size in INFERENCE_BATCH_SIZES:
             key = f"batch_{size}"
             lines.append(
                 f"| batch {size} | {_fmt(inference[key][RD])} | {_fmt(inference[key][SKIPTS])} | "
-                f"{_fmt(ratios.get(f'inference_{key}'))} | {_fmt(ratios.get(f'inference_{key}_cpu'))} |"
+                f"{_fmt(ratios.get(f'inference_{key}'))} | {_fmt(ratios.get(f'inference_{key}_cpu'))} | "
+                f"{_fmt(inference[key].get(RD_TUNED))} | {_fmt(ratios.get(f'inference_{key}_vs_rd_tuned'))} |"
             )
         lines.append("")
     export = results.get("export")
@@ -1078,7 +1111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "inference" not in args.skip:
         start = time.perf_counter()
         results["inference"] = measure_inference(
-            inference_models,
+            inference_models | {RD_TUNED: with_inference_engineering(models[RD])},
             processed,
             settings["repeats"],
             settings["batch1_images"],

@@ -51,7 +51,10 @@ def test_writes_json_and_markdown_with_all_fields(quick: tuple[Path, dict]) -> N
         )
     inference = results["inference"]["summary"]
     assert set(inference) == {"batch_1", "batch_16", "batch_1_cpu", "batch_16_cpu"}
-    assert all(inference[key][name] > 0 for key in inference for name in (speed.RD, speed.SKIPTS))
+    assert all(inference[key][name] > 0 for key in inference for name in speed.INFERENCE_ORDER)
+    stages = results["inference"]["seconds_per_image_by_stage"]
+    for name in speed.INFERENCE_ORDER:  # every stage is timed, Skip-TS's folded student copy included
+        assert all(stages[name][f"batch_{size}"][stage] > 0 for size in (1, 16) for stage in ("teacher", "student"))
     export = results["export"]
     assert Path(export["onnx_path"]).is_file()
     assert Path(export["openvino_path"]).is_file()
@@ -93,8 +96,11 @@ def test_ratios_and_medians_follow_from_the_raw_numbers(quick: tuple[Path, dict]
     assert ratios["training_cache_steady_vs_nocache"] == pytest.approx(cache["steady_images_per_s"] / nocache)
     inference = results["inference"]
     for key in ("batch_1", "batch_16", "batch_1_cpu", "batch_16_cpu"):
-        values = {name: [r[f"{name}_{key}"] for r in inference["repeats"]] for name in (speed.RD, speed.SKIPTS)}
+        values = {name: [r[f"{name}_{key}"] for r in inference["repeats"]] for name in speed.INFERENCE_ORDER}
         assert inference["summary"][key] == pytest.approx({n: statistics.median(v) for n, v in values.items()})
+        assert ratios[f"inference_{key}_vs_rd_tuned"] == pytest.approx(
+            inference["summary"][key][speed.SKIPTS] / inference["summary"][key][speed.RD_TUNED]
+        )
         assert ratios[f"inference_{key}"] == pytest.approx(
             inference["summary"][key][speed.SKIPTS] / inference["summary"][key][speed.RD]
         )

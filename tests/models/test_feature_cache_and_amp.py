@@ -71,7 +71,9 @@ def _fit(
     return model, recorder.losses, calls["images"]
 
 
-@pytest.mark.parametrize(("dtype", "tolerance"), [("float32", 1e-4), ("float16", 1e-2)])
+# float32 storage: cached features are bit-identical to fresh ones (same values, same layout), so
+# training is identical up to platform round-off; float16 storage rounds the features once
+@pytest.mark.parametrize(("dtype", "tolerance"), [("float32", 1e-6), ("float16", 1e-2)])
 def test_cache_gives_the_same_training_and_runs_the_teacher_once_per_image(
     phantom_root: Path, tmp_path: Path, dtype: str, tolerance: float
 ) -> None:
@@ -82,11 +84,10 @@ def test_cache_gives_the_same_training_and_runs_the_teacher_once_per_image(
     assert len(cached_losses) == len(plain_losses) == 3
     for with_cache, without in zip(cached_losses, plain_losses, strict=True):
         assert with_cache == pytest.approx(without, rel=tolerance)
-    if dtype == "float32":  # exact storage: the same weights up to round-off (as a whole: Adam rescales
-        # tiny gradient differences, so a single small weight may move by more than round-off)
+    if dtype == "float32":  # exact storage: the same trained weights
         cached_weights = torch.cat([p.flatten() for p in cached.model.student.parameters()])
         plain_weights = torch.cat([p.flatten() for p in plain.model.student.parameters()])
-        assert ((cached_weights - plain_weights).norm() / plain_weights.norm()).item() < 1e-3
+        assert ((cached_weights - plain_weights).norm() / plain_weights.norm()).item() < 1e-6
 
 
 def test_cache_turns_itself_off_under_augmentation(

@@ -7,6 +7,7 @@ import timm
 import torch
 from anomalib import LearningType
 from anomalib.pre_processing import PreProcessor
+from torch import nn
 from torchvision.transforms.v2 import Normalize, Resize
 
 from anomalib_skipts.models import SkipTS, TeacherWeightsError
@@ -76,12 +77,38 @@ def test_training_step_returns_a_differentiable_loss() -> None:
     assert all(p.grad is None for p in model.model.teacher.parameters())
 
 
+def _reference_resnet18() -> nn.Module:
+    """A timm ResNet-18 with non-trivial batch-norm statistics (a stand-in for ImageNet weights)."""
+    reference = timm.create_model("resnet18", pretrained=False).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for bn in (m for m in reference.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_mean.copy_(torch.rand(bn.num_features, generator=generator) - 0.5)
+            bn.running_var.copy_(torch.rand(bn.num_features, generator=generator) + 0.5)
+    return reference
+
+
+def _assert_teacher_computes(model: SkipTS, reference: nn.Module) -> None:
+    """The teacher's four feature maps are the reference network's stage outputs."""
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        features = reference.maxpool(reference.act1(reference.bn1(reference.conv1(images))))
+        expected = []
+        for stage in (reference.layer1, reference.layer2, reference.layer3, reference.layer4):
+            features = stage(features)
+            expected.append(features)
+        actual = model.model.teacher_features(images)
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4 * e.abs().max().item())
+
+
 def test_local_backbone_weights_are_loaded(tmp_path: Path) -> None:
-    reference = timm.create_model("resnet18", pretrained=False)
+    reference = _reference_resnet18()
     path = tmp_path / "resnet18_imagenet.pth"
     torch.save({"state_dict": reference.state_dict()}, path)
-    model = SkipTS(backbone="resnet18", backbone_weights=str(path), image_size=64)
-    teacher = model.model.teacher.feature_extractor.state_dict()
+    _assert_teacher_computes(SkipTS(backbone="resnet18", backbone_weights=str(path), image_size=64), reference)
+    unfolded = SkipTS(backbone="resnet18", backbone_weights=str(path), image_size=64, fold_batch_norm=False)
+    teacher = unfolded.model.teacher.feature_extractor.state_dict()
     assert torch.equal(teacher["layer4.1.conv2.weight"], reference.state_dict()["layer4.1.conv2.weight"])
     assert torch.equal(teacher["bn1.running_var"], reference.state_dict()["bn1.running_var"])
 
@@ -89,12 +116,10 @@ def test_local_backbone_weights_are_loaded(tmp_path: Path) -> None:
 def test_safetensors_backbone_weights_are_loaded(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    reference = timm.create_model("resnet18", pretrained=False)
+    reference = _reference_resnet18()
     path = tmp_path / "model.safetensors"
     save_file(reference.state_dict(), str(path))
-    model = SkipTS(backbone="resnet18", backbone_weights=path, image_size=64)
-    teacher = model.model.teacher.feature_extractor.state_dict()
-    assert torch.equal(teacher["conv1.weight"], reference.state_dict()["conv1.weight"])
+    _assert_teacher_computes(SkipTS(backbone="resnet18", backbone_weights=path, image_size=64), reference)
 
 
 def test_backbone_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:

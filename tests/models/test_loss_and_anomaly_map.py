@@ -5,9 +5,15 @@ import math
 
 import pytest
 import torch
+from anomalib.models.components.filters import GaussianBlur2d
 from torch.nn import functional as F  # noqa: N812
 
-from anomalib_skipts.models.skip_ts.anomaly_map import AnomalyMapGenerator, anomaly_score, cosine_distance_map
+from anomalib_skipts.models.skip_ts.anomaly_map import (
+    AnomalyMapGenerator,
+    SeparableGaussianBlur2d,
+    anomaly_score,
+    cosine_distance_map,
+)
 from anomalib_skipts.models.skip_ts.loss import SkipTSLoss, mac_loss, similarity_loss
 
 
@@ -119,6 +125,15 @@ def test_eq7_gaussian_filter_has_sigma_four() -> None:
     profile = response.sum(dim=0) / response.sum()
     measured_sigma = torch.sqrt((profile * offsets**2).sum())
     assert measured_sigma.item() == pytest.approx(4.0, rel=0.02)
+
+
+@pytest.mark.parametrize(("channels", "size"), [(1, (256, 256)), (1, (40, 72)), (3, (33, 33))])
+def test_separable_blur_equals_anomalibs_2d_gaussian_blur(channels: int, size: tuple[int, int]) -> None:
+    maps = torch.rand(2, channels, *size) ** 4  # peaky, like anomaly maps
+    expected = GaussianBlur2d(sigma=4.0, channels=channels)(maps)
+    actual = SeparableGaussianBlur2d(sigma=4.0, channels=channels)(maps)
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_eq8_score_is_the_maximum() -> None:

@@ -4,6 +4,9 @@
 - Eq. 7: ``M_ano`` = sum of the selected ``M_l`` upsampled bilinearly to the input size, then a
   Gaussian filter with ``sigma = 4``.
 - Eq. 8: image score = ``max(M_ano)`` (not the mean: lesions are small).
+
+The Gaussian filter is anomalib's ``GaussianBlur2d`` kernel applied as two 1-D passes (the Gaussian
+is separable): the same result with 66 instead of 1089 taps per pixel at ``sigma = 4``.
 """
 
 from collections.abc import Sequence
@@ -48,6 +51,30 @@ def upsample_maps(maps: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.
     )
 
 
+class SeparableGaussianBlur2d(GaussianBlur2d):
+    """anomalib's ``GaussianBlur2d`` (same kernel, reflect padding, "same" size) as two 1-D passes.
+
+    The normalised 2-D Gaussian kernel is the outer product of its row and column sums, so a
+    vertical then a horizontal 1-D convolution gives the 2-D filter's result up to float round-off.
+
+    Args:
+        sigma: Standard deviation of the Gaussian.
+        channels: Number of channels filtered independently.
+    """
+
+    def __init__(self, sigma: float, channels: int = 1) -> None:
+        super().__init__(sigma=sigma, channels=channels)
+        kernel = self.kernel[0, 0]
+        self.register_buffer("kernel_vertical", kernel.sum(dim=1).view(1, 1, -1, 1).repeat(channels, 1, 1, 1), False)
+        self.register_buffer("kernel_horizontal", kernel.sum(dim=0).view(1, 1, 1, -1).repeat(channels, 1, 1, 1), False)
+
+    def forward(self, input_tensor: torch.Tensor) -> torch.Tensor:
+        """Blur ``(B, C, H, W)`` maps; the output has the input's shape."""
+        padded = F.pad(input_tensor, self.padding_shape, mode=self.border_type)
+        vertical = F.conv2d(padded, self.kernel_vertical, groups=self.channels)
+        return F.conv2d(vertical, self.kernel_horizontal, groups=self.channels)
+
+
 def anomaly_score(anomaly_map: torch.Tensor) -> torch.Tensor:
     """Eq. 8: the image-level anomaly score is the maximum of the anomaly map.
 
@@ -76,7 +103,7 @@ class AnomalyMapGenerator(nn.Module):
         super().__init__()
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.layers = tuple(int(layer) for layer in layers)
-        self.blur = GaussianBlur2d(sigma=sigma, channels=1)  # kernel 2 * int(4 * sigma + 0.5) + 1
+        self.blur = SeparableGaussianBlur2d(sigma=sigma, channels=1)  # kernel 2 * int(4 * sigma + 0.5) + 1
 
     def forward(
         self, teacher_features: Sequence[torch.Tensor], student_features: Sequence[torch.Tensor]

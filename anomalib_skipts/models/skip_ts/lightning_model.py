@@ -114,6 +114,9 @@ class SkipTS(AnomalibModule):
             round-off). Defaults to ``"float16"``.
         channels_last: Run convolutions in channels-last memory layout (faster on CPU and GPU, same
             results up to round-off). Defaults to ``True``.
+        fold_batch_norm: Fold the frozen teacher's batch norms into its convolutions, and run
+            validation, test and predict through a batch-norm-folded copy of the student (same
+            results up to round-off, faster). Defaults to ``True``.
         pre_processor: Pre-processor instance or flag to use the default. Defaults to ``True``.
         post_processor: Post-processor instance or flag to use the default. Defaults to ``True``.
         evaluator: Evaluator instance or flag to use the default. Defaults to ``True``.
@@ -139,6 +142,7 @@ class SkipTS(AnomalibModule):
         teacher_cache_mb: float = 4096.0,
         teacher_cache_dtype: str = "float16",
         channels_last: bool = True,
+        fold_batch_norm: bool = True,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -171,6 +175,7 @@ class SkipTS(AnomalibModule):
             upsample_kernel_size=upsample_kernel_size,
             anomaly_map_layers=anomaly_map_layers,
             channels_last=channels_last,
+            fold_batch_norm=fold_batch_norm,
         )
         self.loss = SkipTSLoss(similarity=similarity, mac=mac, beta=beta, variant=loss_variant)
         if teacher_cache_mb < 0:

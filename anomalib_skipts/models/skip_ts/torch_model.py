@@ -17,7 +17,9 @@ from anomalib.data import InferenceBatch
 from anomalib.models.components import TimmFeatureExtractor
 from torch import nn
 
+from . import batch_norm_folding
 from .anomaly_map import AnomalyMapGenerator, anomaly_score
+from .batch_norm_folding import FoldedCopy
 from .student import MAX_SKIPS, UPSAMPLE_KERNEL_SIZES, SkipStudent
 
 logger = logging.getLogger(__name__)
@@ -170,6 +172,10 @@ class SkipTSModel(nn.Module):
         anomaly_map_layers: Layer maps summed in Eq. 7, 1-based, e.g. ``(1, 2, 3)`` or ``(2, 3)``.
         channels_last: Keep weights and activations in channels-last memory layout, which oneDNN and
             cuDNN run faster; the results are the same up to float round-off.
+        fold_batch_norm: Fold the frozen teacher's batch norms into its convolutions once, and run
+            inference without gradients through a batch-norm-folded copy of the student (rebuilt
+            when the student changes). Same function up to float round-off, one pass per
+            activation map fewer; the student's own batch norms still train.
     """
 
     def __init__(
@@ -182,6 +188,7 @@ class SkipTSModel(nn.Module):
         upsample_kernel_size: int = 3,
         anomaly_map_layers: Sequence[int] = ANOMALY_MAP_LAYERS,
         channels_last: bool = True,
+        fold_batch_norm: bool = True,
     ) -> None:
         super().__init__()
         validate_backbone(backbone)
@@ -206,6 +213,10 @@ class SkipTSModel(nn.Module):
         self.student = SkipStudent(backbone, num_skips=num_skips, upsample_kernel_size=upsample_kernel_size)
         self.anomaly_map_generator = AnomalyMapGenerator(image_size=input_size, layers=layers)
         self.channels_last = channels_last
+        self.fold_batch_norm = fold_batch_norm
+        if fold_batch_norm:
+            batch_norm_folding.fold_batch_norm(self.teacher)
+        self._folded_student = FoldedCopy(channels_last=channels_last)
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -221,7 +232,20 @@ class SkipTSModel(nn.Module):
 
     def teacher_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Run the frozen teacher: ``[F_t^1, F_t^2, F_t^3, F_t^4]`` without gradients."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return list(self.teacher(images).values())
+
+    def inference_student(self) -> nn.Module:
+        """Return the student module that ``forward`` runs now.
+
+        The batch-norm-folded copy when ``fold_batch_norm`` is on, the model is in eval mode and no
+        gradients are recorded (Lightning's validation, test and predict loops); the trainable
+        student otherwise, so that gradients always reach the real parameters.
+        """
+        if self.fold_batch_norm and not self.training and not torch.is_grad_enabled():
+            return self._folded_student.get(self.student)
+        return self.student
 
     def teacher_feature_bytes(self, dtype: torch.dtype = torch.float16) -> int:
         """Memory taken by one image's teacher features ``F_t^1..F_t^4`` stored in ``dtype``."""
@@ -249,10 +273,10 @@ class SkipTSModel(nn.Module):
             ``InferenceBatch`` with ``anomaly_map`` ``(B, 1, H, W)`` and ``pred_score`` ``(B, 1)``.
         """
         if teacher_features is None:
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
             teacher_features = self.teacher_features(images)
-        student_features = self.student(teacher_features)
+        elif self.channels_last:  # cached features: the same layout, hence the same arithmetic, as fresh ones
+            teacher_features = [feature.contiguous(memory_format=torch.channels_last) for feature in teacher_features]
+        student_features = self.inference_student()(teacher_features)
         if self.training:
             return list(teacher_features[:3]), student_features
         anomaly_map = self.anomaly_map_generator(teacher_features[:3], student_features)
