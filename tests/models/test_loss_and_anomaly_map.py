@@ -10,9 +10,10 @@ from torch.nn import functional as F  # noqa: N812
 
 from anomalib_skipts.models.skip_ts.anomaly_map import (
     AnomalyMapGenerator,
-    SeparableGaussianBlur2d,
     anomaly_score,
+    blur_matrix,
     cosine_distance_map,
+    interpolation_matrix,
 )
 from anomalib_skipts.models.skip_ts.loss import SkipTSLoss, mac_loss, similarity_loss
 
@@ -127,13 +128,42 @@ def test_eq7_gaussian_filter_has_sigma_four() -> None:
     assert measured_sigma.item() == pytest.approx(4.0, rel=0.02)
 
 
-@pytest.mark.parametrize(("channels", "size"), [(1, (256, 256)), (1, (40, 72)), (3, (33, 33))])
-def test_separable_blur_equals_anomalibs_2d_gaussian_blur(channels: int, size: tuple[int, int]) -> None:
-    maps = torch.rand(2, channels, *size) ** 4  # peaky, like anomaly maps
-    expected = GaussianBlur2d(sigma=4.0, channels=channels)(maps)
-    actual = SeparableGaussianBlur2d(sigma=4.0, channels=channels)(maps)
-    assert actual.shape == expected.shape
+def _explicit_eq7(generator: AnomalyMapGenerator, maps: list[torch.Tensor]) -> torch.Tensor:
+    """Eq. 7 step by step: upsample each map, sum, then anomalib's 2-D Gaussian filter."""
+    size = generator.image_size
+    summed = sum(F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=True) for m in maps)
+    return GaussianBlur2d(sigma=4.0, channels=1)(summed)
+
+
+@pytest.mark.parametrize(
+    ("image_size", "map_sizes"),
+    [
+        ((256, 256), [(64, 64), (32, 32), (16, 16)]),  # the paper's input, precomputed operators
+        ((96, 64), [(24, 16), (12, 8), (6, 4)]),  # non-square
+        ((64, 64), [(20, 20), (9, 9), (5, 5)]),  # sizes the generator did not expect: built on the fly
+    ],
+)
+def test_fused_eq7_equals_upsampling_sum_and_gaussian_filter(
+    image_size: tuple[int, int], map_sizes: list[tuple[int, int]]
+) -> None:
+    generator = AnomalyMapGenerator(image_size=image_size)
+    teacher = [torch.randn(2, 8, *size) for size in map_sizes]
+    student = [t + 0.5 * torch.randn_like(t) for t in teacher]
+    maps = [cosine_distance_map(t, s) for t, s in zip(teacher, student, strict=True)]
+    expected = _explicit_eq7(generator, maps)
+    actual = generator(teacher, student)
+    assert actual.shape == expected.shape == (2, 1, *image_size)
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_resizing_and_filter_matrices_match_the_torch_operations() -> None:
+    column = torch.rand(1, 1, 16, 1)
+    resized = F.interpolate(column, size=(64, 1), mode="bilinear", align_corners=True)[0, 0, :, 0]
+    torch.testing.assert_close(interpolation_matrix(64, 16) @ column[0, 0, :, 0], resized)
+    blur = GaussianBlur2d(sigma=4.0, channels=1)
+    image = torch.rand(1, 1, 48, 40)
+    filtered = blur_matrix(48, blur, axis=0) @ image[0, 0] @ blur_matrix(40, blur, axis=1).T
+    torch.testing.assert_close(filtered, blur(image)[0, 0], rtol=1e-5, atol=1e-6)
 
 
 def test_eq8_score_is_the_maximum() -> None:

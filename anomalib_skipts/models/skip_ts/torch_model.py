@@ -211,7 +211,9 @@ class SkipTSModel(nn.Module):
 
         self.teacher = build_teacher(backbone, pre_trained=pre_trained, backbone_weights=backbone_weights)
         self.student = SkipStudent(backbone, num_skips=num_skips, upsample_kernel_size=upsample_kernel_size)
-        self.anomaly_map_generator = AnomalyMapGenerator(image_size=input_size, layers=layers)
+        self.anomaly_map_generator = AnomalyMapGenerator(
+            image_size=input_size, layers=layers, reductions=self.teacher.reductions[:3]
+        )
         self.channels_last = channels_last
         self.fold_batch_norm = fold_batch_norm
         if fold_batch_norm:
