@@ -236,10 +236,19 @@ def timed_stages(model: AnomalibModule) -> Iterator[StageTimer]:
 # --------------------------------------------------------------------------------------------------
 
 
-def build_models(backbone: str, image_size: int, seed: int = 0) -> dict[str, AnomalibModule]:
+def build_models(
+    backbone: str, image_size: int, seed: int = 0, skipts_options: dict[str, Any] | None = None
+) -> dict[str, AnomalibModule]:
     """Reverse Distillation and Skip-TS (with and without teacher cache), same backbone and input size.
 
     All are built with ``pre_trained=False`` (no ImageNet download); speed does not depend on the weights.
+
+    Args:
+        backbone: Backbone of both models.
+        image_size: Square input side.
+        seed: Seed of the initialisation.
+        skipts_options: Further ``SkipTS`` arguments for both Skip-TS models, e.g.
+            ``{"upsample_kernel_size": 2}`` (the authors' code) or ``{"channels_last": False}``.
 
     Returns:
         Name -> model, in :data:`TRAINING_ORDER`.
@@ -256,8 +265,12 @@ def build_models(backbone: str, image_size: int, seed: int = 0) -> dict[str, Ano
             pre_trained=False,
             pre_processor=ReverseDistillation.configure_pre_processor(image_size=size),
         ),
-        SKIPTS_CACHE: SkipTS(backbone=backbone, pre_trained=False, image_size=size, teacher_cache=True),
-        SKIPTS_NOCACHE: SkipTS(backbone=backbone, pre_trained=False, image_size=size, teacher_cache=False),
+        SKIPTS_CACHE: SkipTS(
+            backbone=backbone, pre_trained=False, image_size=size, teacher_cache=True, **(skipts_options or {})
+        ),
+        SKIPTS_NOCACHE: SkipTS(
+            backbone=backbone, pre_trained=False, image_size=size, teacher_cache=False, **(skipts_options or {})
+        ),
     }
 
 
@@ -834,6 +847,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"Machine: {results['machine']['description']}; date {results['machine']['date']}.",
         "",
     ]
+    options = results["settings"].get("skipts_options")
+    if options:
+        lines += ["Skip-TS options: " + ", ".join(f"`{k}={v}`" for k, v in options.items()) + ".", ""]
     training = results.get("training", {}).get("summary")
     ratios = results["ratios"]
     if training:
@@ -991,8 +1007,43 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Tiny settings (resnet18, 64x64) for tests; OpenVINO IR converted from the ONNX file (one export).",
     )
+    parser.add_argument(
+        "--skipts-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="A SkipTS argument for both Skip-TS models, value in YAML, e.g. upsample_kernel_size=2 or "
+        "channels_last=false (repeatable; default: the paper's settings).",
+    )
     parser.add_argument("--date", help="Date written in the report (default today).")
     return parser
+
+
+def parse_skipts_options(options: Sequence[str]) -> dict[str, Any]:
+    """Parse ``NAME=VALUE`` pairs (values in YAML) and check the names against ``SkipTS``'s arguments.
+
+    Returns:
+        Name -> value.
+
+    Raises:
+        SystemExit: Naming a malformed pair or an unknown argument, with the allowed names.
+    """
+    import inspect
+
+    import yaml
+
+    from anomalib_skipts.models import SkipTS
+
+    fixed = {"backbone", "pre_trained", "image_size", "teacher_cache"}  # set by the script itself
+    allowed = sorted(set(inspect.signature(SkipTS).parameters) - fixed)
+    parsed: dict[str, Any] = {}
+    for option in options:
+        name, separator, value = option.partition("=")
+        if not separator or name not in allowed:
+            msg = f"--skipts-option {option!r}: use NAME=VALUE with NAME one of {', '.join(allowed)}."
+            raise SystemExit(msg)
+        parsed[name] = yaml.safe_load(value)
+    return parsed
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -1047,6 +1098,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     settings = _settings(args)
+    skipts_options = parse_skipts_options(args.skipts_option)
     os.environ.setdefault("TQDM_DISABLE", "1")
     warnings.filterwarnings("ignore", category=FutureWarning)
     for noise in (
@@ -1076,7 +1128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "anomalib_skipts.benchmark.speed", *(sys.argv[1:] if argv is None else argv)])
     results: dict[str, Any] = {
         "command": command,
-        "settings": settings | {"device": args.device, "seed": args.seed, "quick": args.quick, "threads": args.threads},
+        "settings": settings
+        | {
+            "device": args.device,
+            "seed": args.seed,
+            "quick": args.quick,
+            "threads": args.threads,
+            "skipts_options": skipts_options,
+        },
         "machine": machine_description(device) | {"date": args.date or datetime.date.today().isoformat()},
         "table_iii": TABLE_III,
     }
@@ -1085,7 +1144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     data_root = Path(args.data_root) if args.data_root else output / f"head_phantom_{size}"
     datamodule = build_datamodule(data_root, size, settings["num_train"], settings["batch_size"])
-    models = build_models(settings["backbone"], size, seed=args.seed)
+    models = build_models(settings["backbone"], size, seed=args.seed, skipts_options=skipts_options)
     for model in models.values():
         model.to(device)
     raw = raw_images(datamodule, max(16, settings["batch_size"]))

@@ -159,3 +159,19 @@ def test_targets_report_the_shortfall() -> None:
     assert rows["inference_batch_1"]["shortfall_percent"] == pytest.approx(25.0)
     assert rows["inference_batch_16"]["met"]
     assert rows["inference_batch_16"]["shortfall_percent"] == 0.0
+
+
+def test_skipts_options_are_parsed_and_checked() -> None:
+    options = speed.parse_skipts_options(["upsample_kernel_size=2", "channels_last=false"])
+    assert options == {"upsample_kernel_size": 2, "channels_last": False}
+    with pytest.raises(SystemExit, match="upsample_kernel_size"):  # the message lists the allowed names
+        speed.parse_skipts_options(["upsample_kernel=2"])
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        speed.parse_skipts_options(["upsample_kernel_size"])
+    with pytest.raises(SystemExit):  # the script sets the cache itself
+        speed.parse_skipts_options(["teacher_cache=false"])
+    models = speed.build_models("resnet18", SIZE, skipts_options=options)
+    for name in (speed.SKIPTS_CACHE, speed.SKIPTS_NOCACHE):
+        assert models[name].model.channels_last is False
+        student = models[name].model.student
+        assert {m.kernel_size for m in student.modules() if isinstance(m, torch.nn.ConvTranspose2d)} == {(2, 2)}
