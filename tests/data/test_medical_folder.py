@@ -284,6 +284,61 @@ def test_validation_runs_before_training_starts(broken_tree):
     assert not hasattr(datamodule, "train_data")
 
 
+def _seeds_choosing(root: Path, path: Path, **counts) -> tuple[int, int]:
+    """A split seed whose split leaves ``path`` out, and one whose split uses it (from the listing)."""
+    samples, _ = make_medical_folder_samples("normal", root=root, abnormal_dir="abnormal")
+    used = {seed: str(path) in set(assign_split(samples, split_seed=seed, **counts).image_path) for seed in range(50)}
+    return next(seed for seed in used if not used[seed]), next(seed for seed in used if used[seed])
+
+
+def _count_decodes(monkeypatch) -> list[str]:
+    from anomalib_skipts.data import medical_folder
+
+    decoded: list[str] = []
+    original = medical_folder.verify_image
+
+    def counting(path, *args, **kwargs):
+        decoded.append(str(path))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(medical_folder, "verify_image", counting)
+    return decoded
+
+
+def test_only_the_files_the_split_uses_are_decoded(medical_tree, files, monkeypatch):
+    corrupt = files.truncated("data/normal/corrupt.png")
+    counts = {"num_train": 3, "num_test_normal": 2, "num_test_abnormal": 4}
+    unused_seed, used_seed = _seeds_choosing(medical_tree, corrupt, **counts)
+    decoded = _count_decodes(monkeypatch)
+
+    samples = _datamodule(medical_tree, split_seed=unused_seed, **counts).prepare_samples()
+    assert len(samples) == 3 + 2 + 4
+    assert sorted(decoded) == sorted(samples["image_path"])  # 9 of the 17 listed images, each once
+    assert str(corrupt) not in decoded
+
+    decoded.clear()
+    with pytest.raises(InvalidDatasetError) as error:
+        _datamodule(medical_tree, split_seed=used_seed, **counts).prepare_samples()
+    assert "1 problem found" in str(error.value)
+    assert str(corrupt) in str(error.value)
+    assert "truncated" in str(error.value)
+    assert len(decoded) == 9
+
+
+def test_skip_invalid_replaces_a_chosen_invalid_file_as_if_all_were_validated(medical_tree, files, caplog):
+    corrupt = files.truncated("data/normal/corrupt.png")
+    counts = {"num_train": 3, "num_test_normal": 2, "num_test_abnormal": 4}
+    _, used_seed = _seeds_choosing(medical_tree, corrupt, **counts)
+    with caplog.at_level(logging.WARNING):
+        samples = _datamodule(medical_tree, split_seed=used_seed, skip_invalid=True, **counts).prepare_samples()
+    assert f"leaving out {corrupt}" in caplog.text
+    listed, problems = make_medical_folder_samples("normal", root=medical_tree, abnormal_dir="abnormal")
+    valid = validate_samples(listed, "test", problems, skip_invalid=True)
+    expected = assign_split(valid, split_seed=used_seed, **counts)
+    assert list(samples["image_path"]) == list(expected["image_path"])
+    assert list(samples["split"]) == list(expected["split"])
+
+
 # --------------------------------------------------------------------------------------------------
 # Masks
 # --------------------------------------------------------------------------------------------------
