@@ -81,6 +81,7 @@ __all__ = [
     "MedicalFolder",
     "MedicalFolderDataset",
     "SplitError",
+    "add_patients",
     "assign_split",
     "list_folder",
     "make_medical_folder_samples",
@@ -651,6 +652,92 @@ def _check_count(value: int | None, name: str) -> None:
         raise ValueError(msg)
 
 
+def add_patients(samples: DataFrame, patient_pattern: str, name: str = "dataset") -> DataFrame:
+    r"""Set the ``patient`` column from the file names, for a split by patient (:func:`assign_split`).
+
+    Args:
+        samples: Samples frame.
+        patient_pattern: Regular expression searched in each image's file name (case-insensitive),
+            with a group named ``patient``: Kermany's OCT ``NORMAL-1001666-1.jpeg`` and
+            ``DME-1001666-2.jpeg`` give patient ``1001666`` with ``^[A-Z]+-(?P<patient>\d+)-``.
+        name: Dataset name, for messages.
+
+    Returns:
+        The samples with a ``patient`` column; a file whose name does not match gets ``""``
+        (split on its own), and the files that do not match are counted in one warning.
+
+    Raises:
+        ValueError: If the pattern is not a regular expression with a ``patient`` group.
+    """
+    try:
+        regex = re.compile(patient_pattern, flags=re.IGNORECASE)
+    except re.error as error:
+        msg = f"patient_pattern {patient_pattern!r} is not a regular expression ({error})."
+        raise ValueError(msg) from error
+    if "patient" not in regex.groupindex:
+        msg = f"patient_pattern {patient_pattern!r} needs a group named 'patient', e.g. '^[A-Z]+-(?P<patient>\\d+)-'."
+        raise ValueError(msg)
+    matches = [regex.search(Path(path).name) for path in samples["image_path"]]
+    samples = samples.assign(patient=[match.group("patient") if match else "" for match in matches])
+    unmatched = [path for path, match in zip(samples["image_path"], matches, strict=True) if match is None]
+    if unmatched:
+        logger.warning(
+            "%s: %d file name(s) do not match patient_pattern %r and are split one by one, e.g. %s.",
+            name,
+            len(unmatched),
+            patient_pattern,
+            Path(unmatched[0]).name,
+        )
+    return samples
+
+
+def _patient_groups(samples: DataFrame, mask: pd.Series, split_seed: int) -> list[tuple[str, list[str]]]:
+    """Keys of the selected samples grouped by patient, groups and keys in seeded order.
+
+    A sample without a patient (no ``patient`` column, or ``""``) is a group of its own, named by
+    its key: without patients the order is exactly :func:`_split_order` of the keys.
+    """
+    keys = samples.loc[mask, "key"]
+    patients = samples.loc[mask, "patient"] if "patient" in samples else pd.Series("", index=keys.index)
+    by_group: dict[str, list[str]] = {}
+    for key, patient in zip(keys, patients, strict=True):
+        by_group.setdefault(f"patient:{patient}" if patient else key, []).append(key)
+    return [(group, _split_order(by_group[group], split_seed)) for group in _split_order(by_group, split_seed)]
+
+
+def _fill(
+    groups: list[tuple[str, list[str]]], count: int | None, how: str
+) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """Take images from the front of ``groups``, whole groups only except as ``how`` says.
+
+    Args:
+        groups: Ordered ``(group, keys)``.
+        count: Images wanted; ``None`` takes every group.
+        how: ``"exact"``: whole groups, then part of the next group to reach ``count`` (the rest of
+            that group is left unused); ``"closest"``: whole groups while that brings the total
+            closer to ``count`` (at least one group); ``"at_most"``: whole groups while the total
+            stays within ``count``.
+
+    Returns:
+        The keys taken, and the groups not touched.
+    """
+    if count is None:
+        return [key for _, keys in groups for key in keys], []
+    taken: list[str] = []
+    index = 0
+    while index < len(groups) and len(taken) < count:
+        size = len(groups[index][1])
+        closer = not taken or len(taken) + size - count <= count - len(taken)
+        if len(taken) + size <= count or (how == "closest" and closer):
+            taken += groups[index][1]
+        elif how == "exact":
+            taken += groups[index][1][: count - len(taken)]
+        else:
+            break
+        index += 1
+    return taken, groups[index:]
+
+
 def assign_split(
     samples: DataFrame,
     name: str = "dataset",
@@ -668,6 +755,13 @@ def assign_split(
     ``normal_split_ratio`` of the images (rounded) are test images. Normal images with a predefined
     split (``normal_test_dir``) are only subsampled to the requested counts. Abnormal images are
     test images; ``num_test_abnormal`` takes a subset in the same seeded order.
+
+    With a ``patient`` column (see :func:`add_patients`) the split is by patient: no patient has
+    images on both sides. Patients are ordered by SHA-256 of ``split_seed`` and their id, and
+    patients of the chosen abnormal images come first, as they may only be tested. The test set
+    takes whole patients, except that a given count is met exactly by part of the last patient
+    (whose other images are then unused); the training set likewise; a ratio gives the test set
+    the whole patients that come closest to it.
 
     Args:
         samples: Samples frame (see :func:`make_samples`).
@@ -713,6 +807,10 @@ def assign_split(
             chosen[key_to_index[key]] = split
         return selected
 
+    def assign(keys: Iterable[str], split: str) -> None:
+        for key in keys:
+            chosen[key_to_index[key]] = split
+
     unassigned = normal & (samples["split"] == "")
     available = int(unassigned.sum())
     if available:
@@ -737,16 +835,45 @@ def assign_split(
                 "Lower num_train / num_test_normal, or add images."
             )
             raise SplitError(msg)
-        order = _split_order(samples.loc[unassigned, "key"], split_seed)
-        for key in order[:n_test]:
-            chosen[key_to_index[key]] = "test"
-        for key in order[n_test : n_test + n_train]:
-            chosen[key_to_index[key]] = "train"
     if (normal & (samples["split"] == "train")).any():
         take(normal & (samples["split"] == "train"), num_train, "train", "normal training images")
     if (normal & (samples["split"] == "test")).any():
         take(normal & (samples["split"] == "test"), num_test_normal, "test", "normal test images")
     take(~normal, num_test_abnormal, "test", "abnormal test images")
+
+    if available:
+        tested = set()
+        if "patient" in samples:
+            test_rows = [index for index, split in chosen.items() if split == "test"]
+            tested = {patient for patient in samples.loc[test_rows, "patient"] if patient}
+        groups = _patient_groups(samples, unassigned, split_seed)
+        test_only = {f"patient:{patient}" for patient in tested}
+        groups = [group for group in groups if group[0] in test_only] + [
+            group for group in groups if group[0] not in test_only
+        ]
+        if num_test_normal is not None:  # exact test count; the training set takes its count or the rest
+            test, rest = _fill(groups, n_test, "exact")
+            train, _ = _fill([group for group in rest if group[0] not in test_only], num_train, "exact")
+            leftover: list[tuple[str, list[str]]] = []
+        elif num_train is not None:  # exact training count; the test set takes the rest
+            test, rest = _fill(groups, n_test, "at_most")
+            trainable = [group for group in rest if group[0] not in test_only]
+            train, leftover = _fill(trainable, num_train, "exact")
+            leftover += [group for group in rest if group[0] in test_only]
+        else:  # ratio: the test set takes the whole patients closest to it, the training set the rest
+            test, rest = _fill(groups, n_test, "closest")
+            train, _ = _fill([group for group in rest if group[0] not in test_only], None, "all")
+            leftover = [group for group in rest if group[0] in test_only]
+        test += [key for _, keys in leftover for key in keys]
+        if num_train is not None and len(train) < num_train:
+            msg = (
+                f"{name}: the split needs {wanted}, but keeping each patient's images on one side leaves only "
+                f"{len(train)} normal images of patients without test images for training. Lower num_train / "
+                "num_test_normal, or add images."
+            )
+            raise SplitError(msg)
+        assign(test, "test")
+        assign(train, "train")
 
     n_train = sum(split == "train" for split in chosen.values())
     if n_train == 0:
@@ -889,6 +1016,8 @@ class MedicalDataModule(AnomalibDataModule):
         val_split_ratio: anomalib's validation split ratio.
         seed: Seed of anomalib's validation split; ``None`` uses ``split_seed`` so that the
             validation split is reproducible too.
+        patient_pattern: Regular expression with a group named ``patient``, searched in each file
+            name; when given, the split is by patient (see :func:`add_patients`, :func:`assign_split`).
     """
 
     def __init__(
@@ -913,6 +1042,7 @@ class MedicalDataModule(AnomalibDataModule):
         val_split_mode: ValSplitMode | str = ValSplitMode.FROM_TEST,
         val_split_ratio: float = 0.5,
         seed: int | None = None,
+        patient_pattern: str | None = None,
     ) -> None:
         super().__init__(
             train_batch_size=train_batch_size,
@@ -945,6 +1075,9 @@ class MedicalDataModule(AnomalibDataModule):
         self.split_seed = split_seed
         self.skip_invalid = skip_invalid
         self.dicom_window = tuple(dicom_window) if isinstance(dicom_window, list) else dicom_window
+        self.patient_pattern = patient_pattern
+        if patient_pattern is not None:
+            add_patients(DataFrame({"image_path": []}), patient_pattern)  # fail early on a bad pattern
 
     @property
     def name(self) -> str:
@@ -972,6 +1105,8 @@ class MedicalDataModule(AnomalibDataModule):
             SplitError: If the requested counts cannot be satisfied.
         """
         samples, problems = self._make_samples()
+        if self.patient_pattern is not None:
+            samples = add_patients(samples, self.patient_pattern, self.name)
         return select_samples(
             samples,
             functools.partial(
@@ -1001,6 +1136,14 @@ class MedicalDataModule(AnomalibDataModule):
             counts.get(("test", _ABNORMAL), 0),
             self.split_seed,
         )
+        if "patient" in samples:
+            patients = samples[samples["patient"] != ""].groupby("split")["patient"].nunique().to_dict()
+            logger.info(
+                "%s: split by patient: %d patients in training, %d in test, none in both.",
+                self.name,
+                patients.get("train", 0),
+                patients.get("test", 0),
+            )
         self.train_data = MedicalFolderDataset(
             samples,
             name=self.name,
@@ -1057,6 +1200,9 @@ class MedicalFolder(MedicalDataModule):
         val_split_mode: anomalib's validation split mode (default ``from_test``, as Folder).
         val_split_ratio: anomalib's validation split ratio.
         seed: Seed of anomalib's validation split; ``None`` uses ``split_seed``.
+        patient_pattern: Regular expression with a group named ``patient``, searched in each file
+            name (e.g. ``"^[A-Z]+-(?P<patient>[0-9]+)-"`` for ``NORMAL-1001666-1.jpeg``): the split
+            is then by patient, no patient on both sides. ``None`` splits image by image.
 
     Example:
         >>> datamodule = MedicalFolder(
@@ -1098,6 +1244,7 @@ class MedicalFolder(MedicalDataModule):
         val_split_mode: ValSplitMode | str = ValSplitMode.FROM_TEST,
         val_split_ratio: float = 0.5,
         seed: int | None = None,
+        patient_pattern: str | None = None,
     ) -> None:
         super().__init__(
             name=name,
@@ -1120,6 +1267,7 @@ class MedicalFolder(MedicalDataModule):
             val_split_mode=val_split_mode,
             val_split_ratio=val_split_ratio,
             seed=seed,
+            patient_pattern=patient_pattern,
         )
         self.root = root
         self.normal_dir = normal_dir

@@ -117,6 +117,9 @@ class BenchmarkDataset:
         journal: Table I (journal paper) split counts.
         conference: Conference paper (ISCAS 2023) split counts, for the datasets it used.
         loader: Raw layout -> samples, or ``None`` where the layout is not unambiguous.
+        patient_pattern: Where the file names tell the patient: a regular expression with a group
+            named ``patient``, searched in each file name; the split is then by patient (no
+            patient's images on both sides). ``None``: the layout does not tell the patient.
         notes: Anything a user should know (why there is no loader, which classes are used).
     """
 
@@ -132,6 +135,7 @@ class BenchmarkDataset:
     conference: SplitCounts | None = None
     loader: Loader | None = None
     notes: str = ""
+    patient_pattern: str | None = None
 
     @property
     def default_root(self) -> Path:
@@ -502,7 +506,11 @@ DATASETS: dict[str, BenchmarkDataset] = {
             ),
             journal=SplitCounts(542, 50, 735),
             loader=load_retinal_oct,
-            notes="Every NORMAL and DME folder is pooled; Table I's counts are seeded subsets of the pool.",
+            notes=(
+                "Every NORMAL and DME folder is pooled; Table I's counts are seeded subsets of the pool, split by "
+                "patient (the file names are <CLASS>-<patient>-<n>.jpeg): no patient has images on both sides."
+            ),
+            patient_pattern=r"^(?:CNV|DME|DRUSEN|NORMAL)-(?P<patient>\d+)-",
         ),
         BenchmarkDataset(
             key="cp_child_a",
@@ -715,6 +723,7 @@ class BenchmarkDataModule(MedicalDataModule):
             val_split_mode=val_split_mode,
             val_split_ratio=val_split_ratio,
             seed=seed,
+            patient_pattern=info.patient_pattern,
         )
         self.info = info
         self.split = split
@@ -761,6 +770,8 @@ class BUSI(BenchmarkDataModule):
 
 class RetinalOCT(BenchmarkDataModule):
     """Retinal OCT (Table I, ID 6): ``NORMAL/`` vs ``DME/`` folders of OCT2017; 542 / 50 & 735.
+
+    Split by patient (``NORMAL-<patient>-<n>.jpeg``): no patient has images in training and test.
 
     See :class:`BenchmarkDataModule` for the arguments.
     """

@@ -314,6 +314,90 @@ def test_retinal_oct_pools_normal_and_dme(files):
     assert not samples["key"].str.contains("CNV").any()
 
 
+def make_kermany_oct(files, root: str = "oct") -> Path:
+    """Kermany's names: 3 images per patient; 12 DME patients also have NORMAL images, some in test/."""
+    seed = 0
+    for cls, patients in (("NORMAL", range(1000, 1060)), ("DME", range(1048, 1088)), ("CNV", range(1000, 1010))):
+        for patient in patients:
+            for index in range(1, 4):
+                seed += 1
+                folder = "test" if patient % 7 == 0 and index == 3 else "train"
+                path = f"{root}/OCT2017/{folder}/{cls}/{cls}-{patient}-{index}.jpeg"
+                files.image(path, mode="L", size=(8, 8), seed=seed, fmt="JPEG")
+    return files.root / root
+
+
+def _patients(samples, split: str) -> set[str]:
+    names = samples.loc[samples["split"] == split, "image_path"]
+    return {Path(name).name.split("-")[1] for name in names}
+
+
+def test_retinal_oct_splits_by_patient(files):
+    root = make_kermany_oct(files)
+    for seed in range(3):
+        samples = RetinalOCT(
+            root=root, num_train=100, num_test_normal=30, num_test_abnormal=50, split_seed=seed, **FAST
+        ).prepare_samples()
+        counts = samples.groupby(["split", "label_index"]).size().to_dict()
+        assert counts == {("train", 0): 100, ("test", 0): 30, ("test", 1): 50}
+        assert not _patients(samples, "train") & _patients(samples, "test")  # DME patients included
+        assert samples.groupby("split")["patient"].nunique()["train"] >= 100 // 3
+
+    # The same tree split image by image (no patient pattern) puts patients on both sides.
+    per_image = MedicalFolder(
+        name="oct",
+        root=root / "OCT2017",
+        normal_dir=["train/NORMAL", "test/NORMAL"],
+        abnormal_dir=["train/DME", "test/DME"],
+        num_train=100,
+        num_test_normal=30,
+        num_test_abnormal=50,
+        **FAST,
+    ).prepare_samples()
+    assert _patients(per_image, "train") & _patients(per_image, "test")
+
+
+def test_patient_split_stays_close_to_the_requested_fractions(files):
+    root = make_kermany_oct(files)
+    arguments = {
+        "name": "oct",
+        "root": root / "OCT2017",
+        "normal_dir": ["train/NORMAL", "test/NORMAL"],
+        "abnormal_dir": ["train/DME", "test/DME"],
+        "patient_pattern": DATASETS["retinal_oct"].patient_pattern,
+        **FAST,
+    }
+    normal = 180
+    for kwargs, expected_test in (
+        ({"normal_split_ratio": 0.2}, round(0.2 * normal)),
+        ({"normal_split_ratio": 0.5}, round(0.5 * normal)),
+        ({"num_test_normal": 40}, 40),
+        ({"num_train": 120}, None),
+    ):
+        for seed in range(3):
+            samples = MedicalFolder(split_seed=seed, **arguments, **kwargs).prepare_samples()
+            assert not _patients(samples, "train") & _patients(samples, "test")
+            normal_samples = samples[samples["label_index"] == 0]
+            n_test = int((normal_samples["split"] == "test").sum())
+            n_train = int((normal_samples["split"] == "train").sum())
+            if "num_train" in kwargs:
+                assert n_train == 120
+            if "num_test_normal" in kwargs:
+                assert n_test == 40
+            if expected_test is not None:
+                assert abs(n_test - expected_test) <= 3  # within one patient's images
+            # patients of abnormal test images may only be tested: at most their 12 * 3 images unused
+            assert n_train + n_test >= normal - 3 * 12 - 3
+
+
+def test_patient_pattern_errors_are_clear(files):
+    root = make_kermany_oct(files)
+    with pytest.raises(ValueError, match="needs a group named 'patient'"):
+        MedicalFolder(name="oct", root=root, normal_dir="OCT2017/train/NORMAL", patient_pattern=r"-(\d+)-")
+    with pytest.raises(ValueError, match="is not a regular expression"):
+        MedicalFolder(name="oct", root=root, normal_dir="OCT2017/train/NORMAL", patient_pattern="(?P<patient>")
+
+
 def test_cp_child_a_and_b_from_the_common_parent(files):
     root = make_class_folders(
         files,
