@@ -38,13 +38,9 @@ from anomalib.data.utils import LabelName, TestSplitMode, ValSplitMode
 from pandas import DataFrame
 from torchvision.transforms.v2 import Transform
 
-from anomalib_skipts.data.medical_folder import (
-    DatasetProblem,
-    MedicalDataModule,
-    list_folder,
-    make_medical_folder_samples,
-    make_samples,
-)
+from anomalib_skipts.data.listing import list_folder, make_medical_folder_samples, make_samples
+from anomalib_skipts.data.medical_folder import MedicalDataModule
+from anomalib_skipts.data.problems import DatasetProblem
 from anomalib_skipts.data.readers import DicomWindow
 
 __all__ = [

@@ -292,16 +292,16 @@ def _seeds_choosing(root: Path, path: Path, **counts) -> tuple[int, int]:
 
 
 def _count_decodes(monkeypatch) -> list[str]:
-    from anomalib_skipts.data import medical_folder
+    from anomalib_skipts.data import validation
 
     decoded: list[str] = []
-    original = medical_folder.verify_image
+    original = validation.verify_image
 
     def counting(path, *args, **kwargs):
         decoded.append(str(path))
         return original(path, *args, **kwargs)
 
-    monkeypatch.setattr(medical_folder, "verify_image", counting)
+    monkeypatch.setattr(validation, "verify_image", counting)
     return decoded
 
 
