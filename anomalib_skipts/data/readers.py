@@ -15,7 +15,8 @@ anomalib's pre-processing, collation and metrics work unchanged, and they handle
 - EXIF orientation (and the TIFF orientation tag), applied before anything else;
 - DICOM slices (``.dcm``/``.dicom``, or any file with the ``DICM`` signature) through ``pydicom``
   (the ``dicom`` extra): modality LUT (rescale slope / intercept, e.g. to Hounsfield units), then
-  a VOI window (``WindowCenter``/``WindowWidth`` from the file unless one is given), then
+  a VOI window (``WindowCenter``/``WindowWidth`` from the file unless one is given; pydicom's
+  ``apply_windowing``), then
   ``MONOCHROME1`` inversion, so that a CT slice looks the way a radiologist's viewer shows it.
 
 Any failure (empty, truncated or corrupt file, unknown format, undecodable DICOM) raises
@@ -258,7 +259,10 @@ def apply_dicom_window(
     width: float,
     function: str = "LINEAR",
 ) -> np.ndarray:
-    """Map modality values to ``[0, 1]`` with a DICOM VOI window (PS3.3 C.11.2.1.2).
+    """Map modality values to ``[0, 1]`` with a DICOM VOI window (PS3.3 C.11.2.1.2), via pydicom.
+
+    pydicom's :func:`~pydicom.pixels.apply_windowing` does the windowing; this wrapper gives it the
+    window and maps its output range to ``[0, 1]`` (it needs pydicom, the ``dicom`` extra).
 
     Args:
         values: Modality values (after the modality LUT, e.g. Hounsfield units).
@@ -272,28 +276,26 @@ def apply_dicom_window(
     Raises:
         ValueError: If the width is not positive (``>= 1`` for ``LINEAR``) or the function unknown.
     """
-    values = np.asarray(values, dtype=np.float64)
-    function = function.upper()
-    if function == "LINEAR":
-        if width < 1:
-            msg = f"A LINEAR DICOM window needs width >= 1, got {width}."
-            raise ValueError(msg)
-        # y = ((x - (c - 0.5)) / (w - 1) + 0.5), clipped; a width of 1 is a hard threshold.
-        if width == 1:
-            return (values > center - 0.5).astype(np.float64)
-        return np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
-    if function == "LINEAR_EXACT":
-        if width <= 0:
-            msg = f"A LINEAR_EXACT DICOM window needs width > 0, got {width}."
-            raise ValueError(msg)
-        return np.clip((values - center) / width + 0.5, 0.0, 1.0)
-    if function == "SIGMOID":
-        if width <= 0:
-            msg = f"A SIGMOID DICOM window needs width > 0, got {width}."
-            raise ValueError(msg)
-        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
-    msg = f"Unknown VOILUTFunction {function!r}: expected LINEAR, LINEAR_EXACT or SIGMOID."
-    raise ValueError(msg)
+    from pydicom.dataset import Dataset
+
+    try:
+        from pydicom.pixels import apply_windowing  # pydicom >= 3
+    except ImportError:  # pragma: no cover - pydicom 2.x
+        from pydicom.pixel_data_handlers.util import apply_windowing
+
+    # An unsigned 1-bit image without rescale: pydicom's output range is then exactly [0, 1].
+    window = Dataset()
+    window.PhotometricInterpretation = "MONOCHROME2"
+    window.BitsStored = 1
+    window.PixelRepresentation = 0
+    window.WindowCenter = float(center)
+    window.WindowWidth = float(width)
+    window.VOILUTFunction = function.upper()
+    try:
+        return apply_windowing(np.array(values, dtype=np.float64), window)
+    except ValueError as error:
+        msg = f"Invalid DICOM window (center {center}, width {width}, {function.upper()}): {error}"
+        raise ValueError(msg) from error
 
 
 # --------------------------------------------------------------------------------------------------

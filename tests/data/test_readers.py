@@ -228,6 +228,7 @@ def test_dicom_without_extension_or_preamble_is_recognised(files):
 
 
 def test_dicom_window_functions():
+    _pydicom()  # the windowing is pydicom's
     values = np.array([-100.0, 0.0, 50.0, 100.0, 200.0])
     # PS3.3 C.11.2.1.2.1: y = (x - (c - 0.5)) / (w - 1) + 0.5, clipped to [0, 1]
     np.testing.assert_allclose(apply_dicom_window(values, 50, 101), [0, 0.005, 0.505, 1.0, 1.0], atol=1e-9)
@@ -237,6 +238,9 @@ def test_dicom_window_functions():
     assert np.all(np.diff(sigmoid) > 0)
     with pytest.raises(ValueError, match="width"):
         apply_dicom_window(values, 0, 0)
+    np.testing.assert_array_equal(apply_dicom_window(values, 50, 1), [0, 0, 1, 1, 1])  # width 1: a threshold
+    with pytest.raises(ValueError, match="VOI LUT Function"):
+        apply_dicom_window(values, 50, 100, "CUBIC")
     with pytest.raises(ValueError, match="window"):
         read_image(_shipped("CT_small.dcm"), dicom_window="no-such-window")
 
