@@ -107,14 +107,16 @@ def validate_samples(
         InvalidDatasetError: If there are problems and ``skip_invalid`` is ``False``, or a problem
             is fatal.
     """
-    found = list(problems)
-    for row_problems in _decode_problems(_rows(samples), dicom_window, num_threads):
-        found += row_problems
-    if not found:
-        return samples
-    if not skip_invalid or any(problem.fatal for problem in found):
-        raise InvalidDatasetError(name, found, hint=hint)
-    return _without(samples, found, name)
+    return select_samples(
+        samples,
+        lambda pool: pool,
+        name,
+        problems,
+        skip_invalid=skip_invalid,
+        dicom_window=dicom_window,
+        hint=hint,
+        num_threads=num_threads,
+    )
 
 
 def select_samples(
