@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -16,50 +15,10 @@ from PIL import Image
 
 from anomalib_skipts.data import BMAD, BMAD_CATEGORIES, InvalidDatasetError
 
+from .generated_layouts import LESION, SIZE, box, make_bmad_category
+
 REPO = Path(__file__).resolve().parents[2]
-SIZE = 64
 FAST = {"num_workers": 0, "train_batch_size": 4, "eval_batch_size": 4}
-
-
-def _box(index: int) -> tuple[int, int]:
-    return 8 + (index * 7) % 30, 6 + (index * 11) % 30
-
-
-def make_bmad_category(
-    root: Path,
-    category: str = "Brain",
-    masks: bool = True,
-    img_folder: bool = True,
-    counts: tuple[int, int, int] = (8, 3, 4),
-) -> Path:
-    """Write a tiny BMAD category: ``counts`` = (train, valid per class, test per class) 64x64 PNGs.
-
-    Abnormal images have a bright 14x14 square; with ``masks`` its mask is written to ``label/``
-    under the image's name. ``img_folder`` puts images in ``<class>/img/`` (pixel-level layout,
-    anomalib's copy) instead of directly in ``<class>/`` (BMAD's image-level layout).
-    """
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-    base = 90 + 40 * np.exp(-((yy - SIZE / 2) ** 2 + (xx - SIZE / 2) ** 2) / (2 * 14.0**2))
-    n_train, n_valid, n_test = counts
-    folders = [("train", "good", n_train), ("valid", "good", n_valid), ("valid", "Ungood", n_valid)]
-    folders += [("test", "good", n_test), ("test", "Ungood", n_test)]
-    for split, label, count in folders:
-        image_dir = root / category / split / label / ("img" if img_folder else "")
-        image_dir.mkdir(parents=True, exist_ok=True)
-        for index in range(count):
-            image = base + rng.normal(0, 6, size=(SIZE, SIZE))
-            name = f"{split}_{label}_{index:03d}.png"
-            if label == "Ungood":
-                top, left = _box(index)
-                mask = np.zeros((SIZE, SIZE), dtype=np.uint8)
-                mask[top : top + 14, left : left + 14] = 255
-                image[mask > 0] = 240
-                if masks:
-                    (image_dir.parent / "label").mkdir(exist_ok=True)
-                    Image.fromarray(mask).save(image_dir.parent / "label" / name)
-            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(image_dir / name)
-    return root
 
 
 def _paths(dataset) -> list[str]:
@@ -89,9 +48,9 @@ def test_pixel_level_category_uses_bmad_valid_split_and_masks_by_name(tmp_path: 
             assert item.image.shape == (3, SIZE, SIZE)
             assert item.gt_mask.shape == (SIZE, SIZE)
             if item.gt_label:
-                top, left = _box(int(Path(item.image_path).stem[-3:]))
-                assert item.gt_mask.sum() == 14 * 14
-                assert item.gt_mask[top : top + 14, left : left + 14].all()
+                top, left = box(int(Path(item.image_path).stem[-3:]))
+                assert item.gt_mask.sum() == LESION * LESION
+                assert item.gt_mask[top : top + LESION, left : left + LESION].all()
             else:
                 assert not item.gt_mask.any()
 
