@@ -1,5 +1,7 @@
 """Medical datamodules for anomalib: any folder of medical images, and the Skip-TS benchmark datasets."""
 
+from anomalib_skipts.data.bmad import BMAD, BMAD_CATEGORIES
+from anomalib_skipts.data.medianomaly import MEDIANOMALY_CATEGORIES, MedIAnomaly
 from anomalib_skipts.data.medical_folder import (
     DatasetProblem,
     InvalidDatasetError,
@@ -29,6 +31,8 @@ from anomalib_skipts.data.registry import (
 )
 
 __all__ = [
+    "BMAD",
+    "BMAD_CATEGORIES",
     "BUSI",
     "DATAMODULES",
     "DATASETS",
@@ -44,7 +48,9 @@ __all__ = [
     "HeadPhantom",
     "ImageReadError",
     "InvalidDatasetError",
+    "MEDIANOMALY_CATEGORIES",
     "MalariaCell",
+    "MedIAnomaly",
     "MedicalDataModule",
     "MedicalFolder",
     "MedicalFolderDataset",
