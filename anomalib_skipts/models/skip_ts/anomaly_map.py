@@ -197,7 +197,8 @@ class AnomalyMapGenerator(nn.Module):
             Anomaly map of shape ``(B, 1, H, W)`` at the input size.
         """
         device_type = teacher_features[0].device.type
-        if torch.is_autocast_enabled(device_type):  # under mixed precision, keep the map in float32
+        autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+        if autocast:  # under mixed precision, keep the map in float32
             with torch.autocast(device_type=device_type, enabled=False):
                 return self.forward(teacher_features, student_features, image_size)
         anomaly_map = None

@@ -15,6 +15,7 @@ Example:
     >>> Engine(max_epochs=5).train(model, datamodule=HeadPhantom())  # doctest: +SKIP
 """
 
+import contextvars
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +43,8 @@ ARCHITECTURE_KEY = "skipts_architecture"
 """Checkpoint entry with the settings that give the state dict its meaning (see ``SkipTS.architecture``)."""
 ARCHITECTURE_SETTINGS = ("backbone", "num_skips", "upsample_kernel_size", "anomaly_map_layers")
 LOSS_SETTINGS = ("similarity", "loss_variant")
+_TEACHER_FROM_CHECKPOINT = contextvars.ContextVar("skipts_teacher_from_checkpoint", default=False)
+"""Set while ``SkipTS.load_from_checkpoint`` builds the model: the teacher's weights come from the checkpoint."""
 
 CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 PAPER_IMAGE_SIZE = (256, 256)
@@ -182,8 +185,9 @@ class SkipTS(AnomalibModule):
         self.model = SkipTSModel(
             backbone=backbone,
             input_size=input_size,
-            pre_trained=pre_trained,
-            backbone_weights=backbone_weights,
+            # the weights will come from a checkpoint: fetch none (offline machines, paths of other machines)
+            pre_trained=pre_trained and not _TEACHER_FROM_CHECKPOINT.get(),
+            backbone_weights=None if _TEACHER_FROM_CHECKPOINT.get() else backbone_weights,
             num_skips=num_skips,
             upsample_kernel_size=upsample_kernel_size,
             anomaly_map_layers=anomaly_map_layers,
@@ -290,9 +294,10 @@ class SkipTS(AnomalibModule):
     def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> "SkipTS":
         """Load a model from a checkpoint without downloading anything.
 
-        The teacher's weights are in the checkpoint, so the model is built with ``pre_trained=False``
-        and ``backbone_weights=None`` (unless given here) and the checkpoint's weights loaded into it;
-        its hyperparameters keep the checkpoint's values of both.
+        The teacher's weights are in the checkpoint, so the model is built without fetching ImageNet
+        weights (neither downloaded for ``pre_trained=True`` nor read from ``backbone_weights``, a path
+        that may not exist on this machine) and the checkpoint's weights are loaded into it. Its
+        hyperparameters keep the checkpoint's values.
 
         Args:
             checkpoint_path: Path of the checkpoint.
@@ -302,15 +307,11 @@ class SkipTS(AnomalibModule):
         Returns:
             The model.
         """
-        overrides = {name: kwargs.pop(name) for name in ("pre_trained", "backbone_weights") if name in kwargs}
-        model = super().load_from_checkpoint(checkpoint_path, *args, pre_trained=False, backbone_weights=None, **kwargs)
-        recorded = getattr(model, "_checkpoint_hparams", {})
-        for name in ("pre_trained", "backbone_weights"):
-            if name in overrides:
-                model.hparams[name] = overrides[name]
-            elif name in recorded:
-                model.hparams[name] = recorded[name]
-        return model
+        token = _TEACHER_FROM_CHECKPOINT.set(True)
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        finally:
+            _TEACHER_FROM_CHECKPOINT.reset(token)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the architecture settings, and the weights in the standard (contiguous) layout.
