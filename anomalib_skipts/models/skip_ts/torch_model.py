@@ -313,9 +313,13 @@ class SkipTSModel(nn.Module):
         """Return the teacher module that runs: its batch-norm-folded copy when ``fold_batch_norm`` is on.
 
         The teacher is frozen and always in eval mode, so the folded copy computes the same function
-        in training and evaluation.
+        in training and evaluation. Under ``torch.export`` / ``torch.compile`` (ONNX and OpenVINO
+        export) the canonical teacher is traced: the exported graph holds the model's own weights,
+        and those runtimes fold batch norms themselves.
         """
-        return self._folded_teacher.get(self.teacher) if self.fold_batch_norm else self.teacher
+        if self.fold_batch_norm and not torch.compiler.is_compiling():
+            return self._folded_teacher.get(self.teacher)
+        return self.teacher
 
     def teacher_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Run the frozen teacher: ``[F_t^1, F_t^2, F_t^3, F_t^4]`` without gradients."""
@@ -328,9 +332,11 @@ class SkipTSModel(nn.Module):
 
         The batch-norm-folded copy when ``fold_batch_norm`` is on, the model is in eval mode and no
         gradients are recorded (Lightning's validation, test and predict loops); the trainable
-        student otherwise, so that gradients always reach the real parameters.
+        student otherwise, so that gradients always reach the real parameters, and under
+        ``torch.export`` / ``torch.compile``.
         """
-        if self.fold_batch_norm and not self.training and not torch.is_grad_enabled():
+        inference = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        if self.fold_batch_norm and inference:
             return self._folded_student.get(self.student)
         return self.student
 
