@@ -206,15 +206,17 @@ def stage_modules(model: AnomalibModule) -> dict[str, list[nn.Module]]:
             with torch.no_grad():
                 folded = inner.inference_student()
             student += [folded] if folded is not inner.student else []
-        teacher = inner.teacher
+        teacher = [inner.teacher]
+        running = inner.inference_teacher()  # the batch-norm-folded copy that runs, when folding is on
+        teacher += [running] if running is not inner.teacher else []
     elif hasattr(inner, "encoder") and hasattr(inner, "decoder"):
         student = [inner.bottleneck, inner.decoder]
-        teacher = inner.encoder
+        teacher = [inner.encoder]
     else:
         msg = f"{type(model).__name__} is neither Skip-TS nor Reverse Distillation"
         raise TypeError(msg)
     return {
-        "teacher": [teacher],
+        "teacher": teacher,
         "student": student,
         "anomaly_map": [inner.anomaly_map_generator],
         "loss": [model.loss],

@@ -86,17 +86,17 @@ def _unfolded_anomaly_map(model: SkipTSModel, images: torch.Tensor) -> torch.Ten
         model.fold_batch_norm = True
 
 
-def test_model_folds_the_teacher_once_and_keeps_the_student_trainable() -> None:
+def test_model_runs_a_folded_teacher_and_keeps_the_student_trainable() -> None:
     folded = SkipTSModel("resnet18", input_size=SIZE, pre_trained=False)
     plain = SkipTSModel("resnet18", input_size=SIZE, pre_trained=False, fold_batch_norm=False)
-    assert _count_batch_norms(folded.teacher) == 0
-    assert _count_batch_norms(plain.teacher) > 0
+    assert _count_batch_norms(folded.inference_teacher()) == 0
+    assert folded.inference_teacher() is folded.inference_teacher()  # folded once, not per call
+    assert plain.inference_teacher() is plain.teacher
+    assert _count_batch_norms(folded.teacher) == _count_batch_norms(plain.teacher) > 0  # the canonical teacher
     assert _count_batch_norms(folded.student) == _count_batch_norms(plain.student) > 0
     assert not any(p.requires_grad for p in folded.teacher.parameters())
-    # the folded copy is not part of the model's state: checkpoints hold the trainable student only
-    assert {k for k in folded.state_dict() if k.startswith("student.")} == {
-        k for k in plain.state_dict() if k.startswith("student.")
-    }
+    # the folded copies are not part of the model's state: checkpoints hold the canonical modules only
+    assert folded.state_dict().keys() == plain.state_dict().keys()
 
 
 def test_inference_copy_follows_every_change_of_the_student() -> None:
@@ -143,7 +143,8 @@ def test_pickles_and_deep_copies_leave_the_folded_copy_out() -> None:
 
 
 def test_lightning_module_passes_the_option_through() -> None:
-    assert _count_batch_norms(SkipTS(backbone="resnet18", pre_trained=False, image_size=64).model.teacher) == 0
+    model = SkipTS(backbone="resnet18", pre_trained=False, image_size=64).model
+    assert _count_batch_norms(model.inference_teacher()) == 0
     module = SkipTS(backbone="resnet18", pre_trained=False, image_size=64, fold_batch_norm=False)
-    assert _count_batch_norms(module.model.teacher) > 0
+    assert _count_batch_norms(module.model.inference_teacher()) > 0
     assert module.hparams["fold_batch_norm"] is False

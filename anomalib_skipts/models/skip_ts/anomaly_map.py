@@ -6,7 +6,8 @@
 - Eq. 8: image score = ``max(M_ano)`` (not the mean: lesions are small).
 
 Eq. 7 is computed fused (upsampling, sum and Gaussian are linear along each axis): see
-``AnomalyMapGenerator``.
+``AnomalyMapGenerator``. The map always has the input image's size: its operators are cached per
+input size, layer-map size, device and dtype.
 """
 
 from collections.abc import Sequence
@@ -51,21 +52,24 @@ def upsample_maps(maps: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.
     )
 
 
-def interpolation_matrix(output_size: int, input_size: int) -> torch.Tensor:
+def interpolation_matrix(output_size: int, input_size: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Bilinear (``align_corners=True``) resizing along one axis as a matrix ``A``: ``resize(x) = A @ x``.
 
     Args:
         output_size: Length after resizing.
         input_size: Length before resizing.
+        device: Device to build it on (default: the CPU).
 
     Returns:
         ``A`` of shape ``(output_size, input_size)``, float32.
     """
-    identity = torch.eye(input_size).view(1, 1, input_size, input_size)
+    identity = torch.eye(input_size, device=device).view(1, 1, input_size, input_size)
     return F.interpolate(identity, size=(output_size, input_size), mode="bilinear", align_corners=True)[0, 0]
 
 
-def blur_matrix(size: int, blur: GaussianBlur2d, axis: int) -> torch.Tensor:
+def blur_matrix(
+    size: int, blur: GaussianBlur2d, axis: int, device: torch.device | str | None = None
+) -> torch.Tensor:
     """One axis of anomalib's ``GaussianBlur2d`` (its kernel and border mode) as a matrix ``G``.
 
     The normalised 2-D Gaussian kernel is the outer product of its row and column sums, so the 2-D
@@ -75,11 +79,12 @@ def blur_matrix(size: int, blur: GaussianBlur2d, axis: int) -> torch.Tensor:
         size: Length of the axis.
         blur: The 2-D filter (one channel, "same" padding).
         axis: 0 for rows (the vertical pass), 1 for columns (the horizontal pass).
+        device: Device to build it on (default: the filter kernel's).
 
     Returns:
         ``G`` of shape ``(size, size)``, float32.
     """
-    kernel = blur.kernel[0, 0].float().sum(dim=1 - axis)
+    kernel = blur.kernel[0, 0].to(device=device, dtype=torch.float32).sum(dim=1 - axis)
     radius = kernel.numel() // 2
     identity = torch.eye(size, device=kernel.device).view(1, 1, size, size)
     padded = F.pad(identity, (0, 0, radius, radius), mode=blur.border_type)
@@ -107,13 +112,19 @@ class AnomalyMapGenerator(nn.Module):
     layer instead of full-size upsampled maps, a concatenation and a 33x33 filter. The result equals
     the step-by-step computation up to float round-off (tested to 1e-6).
 
+    The map has the size of the input image, given to ``forward`` (``SkipTSModel`` passes its
+    input's), or the configured ``image_size`` when none is given. The operators are built once per
+    (image size, layer-map size, device, dtype), on the features' device, and cached; those of the
+    configured size are built at construction.
+
     Args:
-        image_size: Input image size ``(H, W)``; the anomaly map has this size.
+        image_size: Configured input image size ``(H, W)``: the map's size when ``forward`` is not
+            given one.
         layers: Which layer maps to sum, 1-based as in the paper (``M1`` is the largest map).
             ``(1, 2, 3)`` is the full method; ``(1, 2)``, ``(1, 3)``, ``(2, 3)`` are Table IV's ablations.
         sigma: Standard deviation of the Gaussian filter.
-        reductions: Downsampling factor of each layer map (ResNet teachers: 4, 8, 16); the operators
-            for those map sizes are precomputed, other sizes get theirs on the fly.
+        reductions: Downsampling factor of each layer map (ResNet teachers: 4, 8, 16), used to
+            precompute the operators of the configured size.
     """
 
     def __init__(
@@ -127,48 +138,73 @@ class AnomalyMapGenerator(nn.Module):
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.layers = tuple(int(layer) for layer in layers)
         self.blur = GaussianBlur2d(sigma=sigma, channels=1)  # kernel 2 * int(4 * sigma + 0.5) + 1
+        self._operators: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         for layer in self.layers:
             map_size = tuple(side // reductions[layer - 1] for side in self.image_size)
-            rows, columns = self.operators(map_size)
-            self.register_buffer(f"rows_{layer}", rows, persistent=False)
-            self.register_buffer(f"columns_{layer}", columns, persistent=False)
+            self.operators(map_size)
 
-    def operators(self, map_size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def operators(
+        self,
+        map_size: Sequence[int],
+        image_size: Sequence[int] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Resizing-and-filter matrices of one layer map: ``M_ano`` gets ``rows @ M_l @ columns.T``.
+
+        Built in float32 on ``device`` the first time a combination is asked for, then cached.
 
         Args:
             map_size: ``(h, w)`` of the layer map.
+            image_size: ``(H, W)`` of the anomaly map; the configured size when ``None``.
+            device: Device of the operators (default: the CPU).
+            dtype: Their dtype.
 
         Returns:
             ``rows`` of shape ``(H, h)`` and ``columns`` of shape ``(W, w)``.
         """
-        height, width = self.image_size
-        rows = blur_matrix(height, self.blur, axis=0) @ interpolation_matrix(height, int(map_size[0]))
-        columns = blur_matrix(width, self.blur, axis=1) @ interpolation_matrix(width, int(map_size[1]))
-        return rows, columns
+        height, width = self.image_size if image_size is None else (int(image_size[0]), int(image_size[1]))
+        device = torch.device("cpu") if device is None else torch.device(device)
+        key = (height, width, int(map_size[0]), int(map_size[1]), device, dtype)
+        cached = self._operators.get(key)
+        if cached is None:
+            with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable in and out of inference mode
+                rows = blur_matrix(height, self.blur, axis=0, device=device) @ interpolation_matrix(
+                    height, key[2], device
+                )
+                columns = blur_matrix(width, self.blur, axis=1, device=device) @ interpolation_matrix(
+                    width, key[3], device
+                )
+                cached = (rows.to(dtype), columns.to(dtype))
+            self._operators[key] = cached
+        return cached
 
     def forward(
-        self, teacher_features: Sequence[torch.Tensor], student_features: Sequence[torch.Tensor]
+        self,
+        teacher_features: Sequence[torch.Tensor],
+        student_features: Sequence[torch.Tensor],
+        image_size: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """Compute ``M_ano``.
 
         Args:
             teacher_features: ``[F_t^1, F_t^2, F_t^3]``.
             student_features: ``[F_s^1, F_s^2, F_s^3]``.
+            image_size: ``(H, W)`` of the input images, the size of the map; the configured
+                ``image_size`` when ``None``.
 
         Returns:
             Anomaly map of shape ``(B, 1, H, W)`` at the input size.
         """
         device_type = teacher_features[0].device.type
-        if torch.is_autocast_enabled(device_type):  # under mixed precision, keep the map in float32
+        autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+        if autocast:  # under mixed precision, keep the map in float32
             with torch.autocast(device_type=device_type, enabled=False):
-                return self.forward(teacher_features, student_features)
+                return self.forward(teacher_features, student_features, image_size)
         anomaly_map = None
         for layer in self.layers:
             layer_map = cosine_distance_map(teacher_features[layer - 1], student_features[layer - 1])
-            rows, columns = getattr(self, f"rows_{layer}"), getattr(self, f"columns_{layer}")
-            if (rows.shape[1], columns.shape[1]) != tuple(layer_map.shape[-2:]):
-                rows, columns = (matrix.to(layer_map.device) for matrix in self.operators(layer_map.shape[-2:]))
-            term = rows.to(layer_map.dtype) @ layer_map @ columns.to(layer_map.dtype).T
+            rows, columns = self.operators(layer_map.shape[-2:], image_size, layer_map.device, layer_map.dtype)
+            term = rows @ layer_map @ columns.T
             anomaly_map = term if anomaly_map is None else anomaly_map + term
         return anomaly_map.unsqueeze(1)

@@ -5,10 +5,15 @@ it equals one convolution with rescaled weights and a bias (``torch.nn.utils.fus
 saves one pass over every activation map; the result is the same function up to float round-off.
 
 - The teacher of Skip-TS (Liu et al., IEEE TIM 2024, Sec. III-A) is frozen and always in eval mode:
-  it is folded once, when the model is built.
+  it runs through a folded copy, built on first use.
 - The student trains, so its batch norms stay; inference without gradients uses a folded copy that
   is rebuilt whenever a student parameter or buffer has changed (optimizer step, new running
   statistics, ``load_state_dict``, a move to another device or dtype).
+
+The copies are plain attributes, never registered submodules: the state dict, hence every
+checkpoint, holds the original modules whatever the folding setting. A change made through
+``.data`` bypasses the version counters that detect changes, so the owner drops the copies with
+``FoldedCopy.invalidate`` at the start of each evaluation loop.
 """
 
 import copy
@@ -95,6 +100,11 @@ class FoldedCopy:
                 self._copy = folded.to(memory_format=memory_format)
             self._key = key
         return self._copy
+
+    def invalidate(self) -> None:
+        """Drop the copy: the next ``get`` rebuilds it from the module's current weights."""
+        self._key = None
+        self._copy = None
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without the copy: it is rebuilt on first use."""

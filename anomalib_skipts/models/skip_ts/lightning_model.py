@@ -15,6 +15,7 @@ Example:
     >>> Engine(max_epochs=5).train(model, datamodule=HeadPhantom())  # doctest: +SKIP
 """
 
+import contextvars
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,9 +35,16 @@ from torchvision.transforms import v2
 
 from .feature_cache import TeacherFeatureCache
 from .loss import PAPER_BETA, SIMILARITIES, VARIANTS, SkipTSLoss
-from .torch_model import ANOMALY_MAP_LAYERS, SkipTSModel, validate_input_size
+from .torch_model import ANOMALY_MAP_LAYERS, SkipTSModel, resolve_backbone, validate_input_size
 
 logger = logging.getLogger(__name__)
+
+ARCHITECTURE_KEY = "skipts_architecture"
+"""Checkpoint entry with the settings that give the state dict its meaning (see ``SkipTS.architecture``)."""
+ARCHITECTURE_SETTINGS = ("backbone", "num_skips", "upsample_kernel_size", "anomaly_map_layers")
+LOSS_SETTINGS = ("similarity", "loss_variant")
+_TEACHER_FROM_CHECKPOINT = contextvars.ContextVar("skipts_teacher_from_checkpoint", default=False)
+"""Set while ``SkipTS.load_from_checkpoint`` builds the model: the teacher's weights come from the checkpoint."""
 
 CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 PAPER_IMAGE_SIZE = (256, 256)
@@ -71,6 +79,11 @@ def _validate_loss_options(similarity: str, beta: float, loss_variant: str) -> N
         raise ValueError(msg)
 
 
+def _plain(value: Any) -> Any:
+    """Return a setting as a plain comparable value (a YAML list and a tuple of layers compare equal)."""
+    return [int(item) for item in value] if isinstance(value, list | tuple) else value
+
+
 def is_deterministic(transform: object) -> bool:
     """Whether a (possibly composed) torchvision transform gives the same output every time.
 
@@ -88,8 +101,11 @@ class SkipTS(AnomalibModule):
 
     Args:
         backbone: Teacher backbone, a four-stage timm ResNet (``resnet18/34/50``, ``wide_resnet50_2``,
-            ``wide_resnet101_2``, ...). Defaults to ``"wide_resnet50_2"`` (the paper's).
+            ``wide_resnet101_2``, ...), optionally with a timm pretrained tag (``"resnet18.a1_in1k"``).
+            Without a tag the teacher gets torchvision's ImageNet weights (timm's ``tv_in1k``), as in
+            the paper. Defaults to ``"wide_resnet50_2"`` (the paper's).
         pre_trained: Load ImageNet weights for the teacher through timm. Defaults to ``True``.
+            ``load_from_checkpoint`` never downloads them: the teacher comes from the checkpoint.
         backbone_weights: Path of a local teacher checkpoint (``.pth`` or ``.safetensors``) used instead
             of downloading, for air-gapped machines. Defaults to ``None``.
         num_skips: Skip connections 0, 1 or 2 (Skip-ST0 / ST1 / ST2). Defaults to ``2``.
@@ -114,9 +130,9 @@ class SkipTS(AnomalibModule):
             round-off). Defaults to ``"float16"``.
         channels_last: Run convolutions in channels-last memory layout (faster on CPU and GPU, same
             results up to round-off). Defaults to ``True``.
-        fold_batch_norm: Fold the frozen teacher's batch norms into its convolutions, and run
-            validation, test and predict through a batch-norm-folded copy of the student (same
-            results up to round-off, faster). Defaults to ``True``.
+        fold_batch_norm: Run the frozen teacher, and the student in validation, test and predict,
+            through batch-norm-folded copies (same results up to round-off, faster). Checkpoints do
+            not depend on it. Defaults to ``True``.
         pre_processor: Pre-processor instance or flag to use the default. Defaults to ``True``.
         post_processor: Post-processor instance or flag to use the default. Defaults to ``True``.
         evaluator: Evaluator instance or flag to use the default. Defaults to ``True``.
@@ -169,8 +185,9 @@ class SkipTS(AnomalibModule):
         self.model = SkipTSModel(
             backbone=backbone,
             input_size=input_size,
-            pre_trained=pre_trained,
-            backbone_weights=backbone_weights,
+            # the weights will come from a checkpoint: fetch none (offline machines, paths of other machines)
+            pre_trained=pre_trained and not _TEACHER_FROM_CHECKPOINT.get(),
+            backbone_weights=None if _TEACHER_FROM_CHECKPOINT.get() else backbone_weights,
             num_skips=num_skips,
             upsample_kernel_size=upsample_kernel_size,
             anomaly_map_layers=anomaly_map_layers,
@@ -255,6 +272,139 @@ class SkipTS(AnomalibModule):
             logger.warning("Teacher-feature cache off (%s); training goes on without it.", error)
             self.feature_cache = None
             return None
+
+    # ---------------------------------------------------------------------------------------------
+    # Checkpoints and evaluation loops
+    # ---------------------------------------------------------------------------------------------
+
+    def architecture(self) -> dict[str, Any]:
+        """Return the settings that decide what the weights mean, as stored in checkpoints.
+
+        ``backbone`` (with its pretrained tag), ``num_skips``, ``upsample_kernel_size`` and
+        ``anomaly_map_layers`` change the network or its map; ``similarity`` and ``loss_variant`` the
+        training objective.
+        """
+        return {
+            **self.model.architecture(),
+            "similarity": self.loss.similarity,
+            "loss_variant": self.loss.variant,
+        }
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> "SkipTS":
+        """Load a model from a checkpoint without downloading anything.
+
+        The teacher's weights are in the checkpoint, so the model is built without fetching ImageNet
+        weights (neither downloaded for ``pre_trained=True`` nor read from ``backbone_weights``, a path
+        that may not exist on this machine) and the checkpoint's weights are loaded into it. Its
+        hyperparameters keep the checkpoint's values.
+
+        Args:
+            checkpoint_path: Path of the checkpoint.
+            args: Passed to ``AnomalibModule.load_from_checkpoint``.
+            kwargs: Passed to ``AnomalibModule.load_from_checkpoint`` (overriding hyperparameters).
+
+        Returns:
+            The model.
+        """
+        token = _TEACHER_FROM_CHECKPOINT.set(True)
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        finally:
+            _TEACHER_FROM_CHECKPOINT.reset(token)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the architecture settings, and the weights in the standard (contiguous) layout.
+
+        The state dict holds the unfolded teacher and student (the folded copies are not modules of
+        the model), so a checkpoint is the same whatever ``fold_batch_norm`` and ``channels_last``.
+        """
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[ARCHITECTURE_KEY] = self.architecture()
+        if "state_dict" in checkpoint:
+            checkpoint["state_dict"] = {key: value.contiguous() for key, value in checkpoint["state_dict"].items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Adopt the checkpoint's architecture settings where they differ from this model's, with a warning.
+
+        Lightning calls this before loading the state dict, both in ``load_from_checkpoint`` and for
+        ``Engine.fit/test/predict(..., ckpt_path=...)`` (``anomalib predict --ckpt_path``). Some
+        settings (``num_skips``, ``anomaly_map_layers``, ``similarity``, ``loss_variant``) do not change
+        the state-dict keys, so loading would otherwise silently give another model.
+
+        Raises:
+            ValueError: If settings differ and the trainer's strategy restores checkpoints after
+                setting up the optimizers, when the model can no longer be rebuilt.
+        """
+        super().on_load_checkpoint(checkpoint)
+        self._checkpoint_hparams = dict(checkpoint.get("hyper_parameters") or {})
+        recorded = checkpoint.get(ARCHITECTURE_KEY)
+        if recorded is None:  # checkpoints written before the architecture was stored: use the hyperparameters
+            recorded = {
+                name: self._checkpoint_hparams[name] for name in self.architecture() if name in self._checkpoint_hparams
+            }
+            if "backbone" in recorded:
+                recorded["backbone"] = resolve_backbone(recorded["backbone"])
+        current = self.architecture()
+        differences = {
+            name: (current[name], _plain(value))
+            for name, value in recorded.items()
+            if name in current and _plain(value) != _plain(current[name])
+        }
+        if not differences:
+            return
+        listing = "; ".join(
+            f"{name}: model {ours!r}, checkpoint {theirs!r}" for name, (ours, theirs) in differences.items()
+        )
+        trainer = self._trainer
+        if trainer is not None and getattr(trainer.strategy, "restore_checkpoint_after_setup", False):
+            msg = (
+                f"The checkpoint was trained with other settings than this model ({listing}). Build the model "
+                "with the checkpoint's settings, or load it with SkipTS.load_from_checkpoint."
+            )
+            raise ValueError(msg)
+        logger.warning(
+            "The checkpoint was trained with other settings than this model; using the checkpoint's (%s).", listing
+        )
+        adopted = {name: theirs for name, (_, theirs) in differences.items()}
+        if adopted.keys() & set(ARCHITECTURE_SETTINGS):
+            self._rebuild_model({name: adopted.get(name, current[name]) for name in ARCHITECTURE_SETTINGS})
+        if adopted.keys() & set(LOSS_SETTINGS):
+            self.loss = SkipTSLoss(
+                similarity=adopted.get("similarity", self.loss.similarity),
+                mac=self.loss.mac,
+                beta=self.loss.beta,
+                variant=adopted.get("loss_variant", self.loss.variant),
+            )
+        for name, value in adopted.items():
+            self.hparams[name] = self._checkpoint_hparams.get(name, value)
+
+    def _rebuild_model(self, settings: dict[str, Any]) -> None:
+        """Replace ``self.model`` by one with other architecture settings; its weights come from a checkpoint."""
+        old = self.model
+        parameter = next(old.parameters())
+        self.model = SkipTSModel(
+            input_size=old.anomaly_map_generator.image_size,
+            pre_trained=False,
+            channels_last=old.channels_last,
+            fold_batch_norm=old.fold_batch_norm,
+            **settings,
+        ).to(device=parameter.device)
+
+    def on_validation_start(self) -> None:
+        """Rebuild the batch-norm-folded inference copies from the current weights (EMA/SWA-safe)."""
+        super().on_validation_start()
+        self.model.refresh_inference_copies()
+
+    def on_test_start(self) -> None:
+        """Rebuild the batch-norm-folded inference copies from the current weights."""
+        super().on_test_start()
+        self.model.refresh_inference_copies()
+
+    def on_predict_start(self) -> None:
+        """Rebuild the batch-norm-folded inference copies from the current weights."""
+        super().on_predict_start()
+        self.model.refresh_inference_copies()
 
     def configure_optimizers(self) -> optim.Adam:
         """Adam on the student only (the teacher is frozen), with the paper's lr and betas.

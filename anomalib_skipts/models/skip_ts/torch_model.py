@@ -10,6 +10,7 @@ Training returns the teacher and student features for the loss; evaluation retur
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -17,7 +18,6 @@ from anomalib.data import InferenceBatch
 from anomalib.models.components import TimmFeatureExtractor
 from torch import nn
 
-from . import batch_norm_folding
 from .anomaly_map import AnomalyMapGenerator, anomaly_score
 from .batch_norm_folding import FoldedCopy
 from .student import MAX_SKIPS, UPSAMPLE_KERNEL_SIZES, SkipStudent
@@ -36,6 +36,8 @@ SUPPORTED_BACKBONES = (
     "wide_resnet50_2",
     "wide_resnet101_2",
 )
+TORCHVISION_TAG = "tv_in1k"
+"""timm's tag of torchvision's ImageNet weights: the teacher's default, as in the paper and RD4AD."""
 INPUT_STRIDE = 32
 ANOMALY_MAP_LAYERS = (1, 2, 3)
 
@@ -44,23 +46,67 @@ class TeacherWeightsError(RuntimeError):
     """The teacher's pretrained weights could not be obtained."""
 
 
+def pretrained_tags(architecture: str) -> list[str]:
+    """Return the tags of timm's pretrained weights for one architecture (``tv_in1k``, ``a1_in1k``, ...)."""
+    return [name.partition(".")[2] for name in timm.list_pretrained(f"{architecture}.*")]
+
+
 def validate_backbone(backbone: str) -> None:
     """Check that the backbone is a four-stage ResNet-family timm model with a mirrored decoder.
+
+    A timm pretrained tag may follow the name (``"resnet18.a1_in1k"``, ``"wide_resnet50_2.racm_in1k"``):
+    it selects which ImageNet weights the teacher gets and must be one that timm has.
 
     Raises:
         ValueError: Naming the parameter and the allowed values.
     """
-    if backbone in SUPPORTED_BACKBONES:
-        return
     allowed = ", ".join(SUPPORTED_BACKBONES)
-    if isinstance(backbone, str) and timm.is_model(backbone):
-        msg = (
-            f"backbone={backbone!r} is a timm model but not a supported four-stage ResNet-family backbone: "
-            f"Skip-TS needs a teacher with four stages and a mirrored student decoder. Use one of: {allowed}."
-        )
-    else:
-        msg = f"backbone={backbone!r} is not a known backbone name. Use one of: {allowed}."
-    raise ValueError(msg)
+    if not isinstance(backbone, str):
+        msg = f"backbone={backbone!r} is not a backbone name. Use one of: {allowed}."
+        raise ValueError(msg)
+    architecture, _, tag = backbone.partition(".")
+    if architecture not in SUPPORTED_BACKBONES:
+        if timm.is_model(architecture):
+            msg = (
+                f"backbone={backbone!r} is a timm model but not a supported four-stage ResNet-family backbone: "
+                f"Skip-TS needs a teacher with four stages and a mirrored student decoder. Use one of: {allowed}."
+            )
+        else:
+            msg = f"backbone={backbone!r} is not a known backbone name. Use one of: {allowed}."
+        raise ValueError(msg)
+    if tag:
+        tags = pretrained_tags(architecture)
+        if tag not in tags:
+            msg = (
+                f"backbone={backbone!r}: timm has no pretrained weights tagged {tag!r} for {architecture}. "
+                f"Available: {', '.join(f'{architecture}.{t}' for t in tags)}; without a tag the teacher gets "
+                f"torchvision's ImageNet weights ({architecture}.{TORCHVISION_TAG}, the paper's)."
+            )
+            raise ValueError(msg)
+
+
+def resolve_backbone(backbone: str) -> str:
+    """Return the backbone with its pretrained tag: the given one, else torchvision's ImageNet weights.
+
+    The paper's teacher, like RD4AD's, has torchvision's ImageNet weights, which timm tags ``tv_in1k``;
+    timm's own default tag differs for most ResNets (``wide_resnet50_2`` defaults to ``racm_in1k``),
+    so an untagged name gets ``tv_in1k`` (timm's default only for an architecture without it).
+
+    Example:
+        >>> resolve_backbone("wide_resnet50_2")
+        'wide_resnet50_2.tv_in1k'
+        >>> resolve_backbone("resnet18.a1_in1k")
+        'resnet18.a1_in1k'
+
+    Raises:
+        ValueError: As :func:`validate_backbone`.
+    """
+    validate_backbone(backbone)
+    architecture, _, tag = backbone.partition(".")
+    if not tag:
+        tags = pretrained_tags(architecture)
+        tag = TORCHVISION_TAG if TORCHVISION_TAG in tags else timm.models.get_pretrained_cfg(architecture).tag
+    return f"{architecture}.{tag}"
 
 
 def validate_input_size(input_size: Sequence[int]) -> tuple[int, int]:
@@ -130,7 +176,8 @@ def build_teacher(
     """Build the frozen teacher T-Net (stages E1..E4) through anomalib's timm feature extractor.
 
     Args:
-        backbone: timm ResNet-family name.
+        backbone: timm ResNet-family name, with a pretrained tag to choose the ImageNet weights
+            (``"wide_resnet50_2.tv_in1k"``); without one, timm's default weights.
         pre_trained: Download ImageNet weights through timm, as anomalib's built-in models do.
         backbone_weights: Local checkpoint to load instead of downloading (air-gapped sites).
 
@@ -149,8 +196,8 @@ def build_teacher(
         msg = (
             f"Could not download the ImageNet weights of the teacher backbone {backbone!r} through timm "
             f"({type(error).__name__}: {error}). If this machine is offline, either pass "
-            f"backbone_weights=/path/to/{backbone}.pth (a local ImageNet checkpoint, e.g. copied from a machine "
-            f"with internet), or pre_trained=False (random teacher: results are far below the paper's)."
+            f"backbone_weights=/path/to/{backbone.partition('.')[0]}.pth (a local ImageNet checkpoint, e.g. copied "
+            f"from a machine with internet), or pre_trained=False (random teacher: results are far below the paper's)."
         )
         raise TeacherWeightsError(msg) from error
     if backbone_weights is not None:
@@ -162,9 +209,17 @@ def build_teacher(
 class SkipTSModel(nn.Module):
     """Skip-TS teacher-student model.
 
+    The registered modules (``teacher``, ``student``) are the canonical ones: the state dict has the
+    same keys and values whatever ``fold_batch_norm`` and ``channels_last`` are. The batch-norm-folded
+    teacher and student that run when ``fold_batch_norm`` is on are copies kept out of the state dict
+    (see :meth:`refresh_inference_copies`).
+
     Args:
-        backbone: Teacher backbone (four-stage timm ResNet family), default ``wide_resnet50_2``.
-        input_size: Input image size ``(H, W)``, multiples of 32.
+        backbone: Teacher backbone (four-stage timm ResNet family), default ``wide_resnet50_2``; a timm
+            pretrained tag may follow (``"resnet18.a1_in1k"``). Without one the teacher gets
+            torchvision's ImageNet weights (``tv_in1k``), as in the paper.
+        input_size: Configured input image size ``(H, W)``, multiples of 32. Inputs of any other size
+            that is a multiple of 32 give anomaly maps of their own size.
         pre_trained: Use ImageNet weights for the teacher (downloaded through timm).
         backbone_weights: Path of a local teacher checkpoint, used instead of downloading.
         num_skips: Number of skip connections, 0, 1 or 2 (Skip-ST0 / ST1 / ST2).
@@ -172,10 +227,10 @@ class SkipTSModel(nn.Module):
         anomaly_map_layers: Layer maps summed in Eq. 7, 1-based, e.g. ``(1, 2, 3)`` or ``(2, 3)``.
         channels_last: Keep weights and activations in channels-last memory layout, which oneDNN and
             cuDNN run faster; the results are the same up to float round-off.
-        fold_batch_norm: Fold the frozen teacher's batch norms into its convolutions once, and run
-            inference without gradients through a batch-norm-folded copy of the student (rebuilt
-            when the student changes). Same function up to float round-off, one pass per
-            activation map fewer; the student's own batch norms still train.
+        fold_batch_norm: Run the frozen teacher, and the student at inference without gradients,
+            through batch-norm-folded copies (rebuilt when the originals change). Same function up to
+            float round-off, one pass per activation map fewer; the student's own batch norms still
+            train.
     """
 
     def __init__(
@@ -191,7 +246,7 @@ class SkipTSModel(nn.Module):
         fold_batch_norm: bool = True,
     ) -> None:
         super().__init__()
-        validate_backbone(backbone)
+        backbone = resolve_backbone(backbone)
         input_size = validate_input_size(input_size)
         if num_skips not in range(MAX_SKIPS + 1):
             msg = f"num_skips={num_skips!r} is not allowed: use 0, 1 or 2 (Skip-ST0 / ST1 / ST2; the paper's is 2)."
@@ -209,18 +264,30 @@ class SkipTSModel(nn.Module):
             )
             raise ValueError(msg)
 
+        self.backbone = backbone
+        self.upsample_kernel_size = upsample_kernel_size
         self.teacher = build_teacher(backbone, pre_trained=pre_trained, backbone_weights=backbone_weights)
-        self.student = SkipStudent(backbone, num_skips=num_skips, upsample_kernel_size=upsample_kernel_size)
+        self.student = SkipStudent(
+            backbone.partition(".")[0], num_skips=num_skips, upsample_kernel_size=upsample_kernel_size
+        )
         self.anomaly_map_generator = AnomalyMapGenerator(
             image_size=input_size, layers=layers, reductions=self.teacher.reductions[:3]
         )
         self.channels_last = channels_last
         self.fold_batch_norm = fold_batch_norm
-        if fold_batch_norm:
-            batch_norm_folding.fold_batch_norm(self.teacher)
+        self._folded_teacher = FoldedCopy(channels_last=channels_last)
         self._folded_student = FoldedCopy(channels_last=channels_last)
         if channels_last:
             self.to(memory_format=torch.channels_last)
+
+    def architecture(self) -> dict[str, Any]:
+        """Return the settings that decide what a state dict means (a checkpoint is valid for the same ones)."""
+        return {
+            "backbone": self.backbone,
+            "num_skips": self.student.num_skips,
+            "upsample_kernel_size": self.upsample_kernel_size,
+            "anomaly_map_layers": list(self.anomaly_map_generator.layers),
+        }
 
     def train(self, mode: bool = True) -> "SkipTSModel":
         """Set train/eval mode; the frozen teacher always stays in eval mode (batch-norm statistics fixed).
@@ -232,20 +299,44 @@ class SkipTSModel(nn.Module):
         self.teacher.eval()
         return self
 
+    def refresh_inference_copies(self) -> None:
+        """Drop the batch-norm-folded copies so that their next use rebuilds them from the current weights.
+
+        The copies also follow every change seen by PyTorch's version counters (optimizer steps,
+        ``load_state_dict``, moves); a change made through ``.data`` (EMA or SWA callbacks) is not
+        seen, so ``SkipTS`` calls this at the start of each validation, test and predict loop.
+        """
+        self._folded_teacher.invalidate()
+        self._folded_student.invalidate()
+
+    def inference_teacher(self) -> nn.Module:
+        """Return the teacher module that runs: its batch-norm-folded copy when ``fold_batch_norm`` is on.
+
+        The teacher is frozen and always in eval mode, so the folded copy computes the same function
+        in training and evaluation. Under ``torch.export`` / ``torch.compile`` (ONNX and OpenVINO
+        export) the canonical teacher is traced: the exported graph holds the model's own weights,
+        and those runtimes fold batch norms themselves.
+        """
+        if self.fold_batch_norm and not torch.compiler.is_compiling():
+            return self._folded_teacher.get(self.teacher)
+        return self.teacher
+
     def teacher_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Run the frozen teacher: ``[F_t^1, F_t^2, F_t^3, F_t^4]`` without gradients."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return list(self.teacher(images).values())
+        return list(self.inference_teacher()(images).values())
 
     def inference_student(self) -> nn.Module:
         """Return the student module that ``forward`` runs now.
 
         The batch-norm-folded copy when ``fold_batch_norm`` is on, the model is in eval mode and no
         gradients are recorded (Lightning's validation, test and predict loops); the trainable
-        student otherwise, so that gradients always reach the real parameters.
+        student otherwise, so that gradients always reach the real parameters, and under
+        ``torch.export`` / ``torch.compile``.
         """
-        if self.fold_batch_norm and not self.training and not torch.is_grad_enabled():
+        inference = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        if self.fold_batch_norm and inference:
             return self._folded_student.get(self.student)
         return self.student
 
@@ -266,14 +357,27 @@ class SkipTSModel(nn.Module):
         """Run teacher and student.
 
         Args:
-            images: Normalised images ``(B, 3, H, W)``.
+            images: Normalised images ``(B, 3, H, W)``, ``H`` and ``W`` multiples of 32 (any, not only
+                the configured size).
             teacher_features: Precomputed ``[F_t^1, ..., F_t^4]`` for these images (from a cache); the
                 teacher runs when ``None``.
 
         Returns:
             In training mode ``([F_t^1, F_t^2, F_t^3], [F_s^1, F_s^2, F_s^3])``; in evaluation mode an
-            ``InferenceBatch`` with ``anomaly_map`` ``(B, 1, H, W)`` and ``pred_score`` ``(B, 1)``.
+            ``InferenceBatch`` with ``anomaly_map`` ``(B, 1, H, W)`` (the input's height and width) and
+            ``pred_score`` ``(B, 1)``.
+
+        Raises:
+            ValueError: If the images' height or width is not a multiple of 32.
         """
+        image_size = (int(images.shape[-2]), int(images.shape[-1]))
+        if image_size[0] % INPUT_STRIDE or image_size[1] % INPUT_STRIDE:
+            msg = (
+                f"Input images of size {image_size[0]}x{image_size[1]} are not allowed: Skip-TS needs a height and "
+                f"width that are multiples of {INPUT_STRIDE} (the teacher downsamples by {INPUT_STRIDE}). Resize "
+                f"them, e.g. with the model's pre-processor (image_size)."
+            )
+            raise ValueError(msg)
         if teacher_features is None:
             teacher_features = self.teacher_features(images)
         elif self.channels_last:  # cached features: the same layout, hence the same arithmetic, as fresh ones
@@ -281,5 +385,5 @@ class SkipTSModel(nn.Module):
         student_features = self.inference_student()(teacher_features)
         if self.training:
             return list(teacher_features[:3]), student_features
-        anomaly_map = self.anomaly_map_generator(teacher_features[:3], student_features)
+        anomaly_map = self.anomaly_map_generator(teacher_features[:3], student_features, image_size)
         return InferenceBatch(pred_score=anomaly_score(anomaly_map), anomaly_map=anomaly_map)
