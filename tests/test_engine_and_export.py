@@ -31,8 +31,8 @@ def test_fit_keeps_teacher_frozen_and_test_reports_anomalib_metrics(
         for a, b in zip(fresh.model.student.parameters(), model.model.student.parameters(), strict=True)
     )
     results = engine.test(model=model, datamodule=phantom_datamodule)[0]
-    assert 0.0 <= results["image_AUROC"] <= 1.0
-    assert 0.0 <= results["pixel_AUROC"] <= 1.0
+    # the metrics are reported; that they show learning is checked, seeded, in tests/test_learning.py
+    assert {"image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_F1Score"} <= set(results)
     predictions = engine.predict(model=model, datamodule=phantom_datamodule)
     batch = predictions[0]
     assert batch.anomaly_map.shape[-2:] == (IMAGE_SIZE, IMAGE_SIZE)

@@ -12,7 +12,11 @@ from torchvision.transforms import v2
 
 from anomalib_skipts.data.phantom import HeadPhantom
 from anomalib_skipts.models import SkipTS
-from anomalib_skipts.models.skip_ts.feature_cache import TeacherFeatureCache
+from anomalib_skipts.models.skip_ts.feature_cache import (
+    FeatureCacheError,
+    FeatureCacheFullError,
+    TeacherFeatureCache,
+)
 
 from ..conftest import IMAGE_SIZE as SIZE
 from ..conftest import PHANTOM
@@ -28,8 +32,8 @@ class LossRecorder(Callback):
         self.losses.append(float(trainer.callback_metrics["train_loss_epoch"]))
 
 
-def _datamodule(root: Path, **kwargs) -> HeadPhantom:
-    return HeadPhantom(
+def _datamodule(root: Path, datamodule_class: type[HeadPhantom] = HeadPhantom, **kwargs) -> HeadPhantom:
+    return datamodule_class(
         root=root,
         **PHANTOM,
         train_batch_size=4,
@@ -44,6 +48,7 @@ def _fit(
     epochs: int = 3,
     precision: str = "32-true",
     datamodule_kwargs: dict | None = None,
+    datamodule_class: type[HeadPhantom] = HeadPhantom,
     **model_kwargs,
 ) -> tuple[SkipTS, list[float], int]:
     seed_everything(0)
@@ -67,7 +72,7 @@ def _fit(
         callbacks=[recorder],
         limit_val_batches=0,
     )
-    engine.fit(model=model, datamodule=_datamodule(root, **(datamodule_kwargs or {})))
+    engine.fit(model=model, datamodule=_datamodule(root, datamodule_class, **(datamodule_kwargs or {})))
     return model, recorder.losses, calls["images"]
 
 
@@ -128,9 +133,14 @@ def test_cache_store_is_bounded_and_returns_stored_values() -> None:
     assert torch.equal(again, first[[2, 0]])
     assert torch.allclose(first, compute(images)[0], atol=1e-2)
     assert cache.nbytes == per_image * 3
-    with pytest.raises(MemoryError, match="budget"):
-        cache.features(["d"], images[:1], compute)
+    assert all(feature.device.type == "cpu" for entry in cache._entries.values() for feature in entry[0])
+    with pytest.raises(FeatureCacheFullError, match="budget") as error:
+        cache.features(["d"], torch.rand(1, 3, 8, 8), compute)
     assert "d" not in cache
+    # its own error, not the built-in MemoryError that a real out-of-memory raises
+    assert isinstance(error.value, FeatureCacheError)
+    assert isinstance(error.value, RuntimeError)
+    assert not isinstance(error.value, MemoryError)
 
 
 def test_bf16_mixed_precision_trains_and_tests_without_nans(phantom_root: Path, tmp_path: Path) -> None:

@@ -171,3 +171,26 @@ def test_eq8_score_is_the_maximum() -> None:
     anomaly_map[0, 0, 3, 4] = 5.0
     anomaly_map[1, 0, 0, 0] = 1.0
     assert anomaly_score(anomaly_map).flatten().tolist() == [5.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "bad", "allowed"),
+    [
+        ({"similarity": "cosinus"}, "similarity='cosinus'", "'mse'"),
+        ({"similarity": "l1"}, "similarity='l1'", "'cosine'"),
+        ({"variant": "official"}, "variant='official'", "'authors_code'"),
+        ({"variant": "authors_code", "similarity": "mse"}, "similarity='mse'", "similarity='cosine'"),
+        ({"beta": -0.1}, "beta=-0.1", ">= 0"),
+        ({"beta": float("nan")}, "beta=nan", ">= 0"),
+        ({"beta": "0.05"}, "beta='0.05'", ">= 0"),
+        ({"mac": "yes"}, "mac='yes'", "True"),
+    ],
+)
+def test_loss_refuses_unknown_options_naming_the_value_and_the_allowed_ones(
+    kwargs: dict, bad: str, allowed: str
+) -> None:
+    # before: every similarity but "cosine" silently became MSE
+    with pytest.raises(ValueError, match="not allowed") as error:
+        SkipTSLoss(**kwargs)
+    assert bad in str(error.value)
+    assert allowed in str(error.value)

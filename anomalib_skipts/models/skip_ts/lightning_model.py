@@ -33,7 +33,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 from torchvision.transforms import v2
 
-from .feature_cache import TeacherFeatureCache
+from .feature_cache import FeatureCacheError, TeacherFeatureCache, samples_per_process
 from .loss import PAPER_BETA, SIMILARITIES, VARIANTS, SkipTSLoss
 from .torch_model import ANOMALY_MAP_LAYERS, SkipTSModel, resolve_backbone, validate_input_size
 
@@ -122,9 +122,11 @@ class SkipTS(AnomalibModule):
         betas: Adam betas. Defaults to ``(0.5, 0.999)``.
         teacher_cache: Compute each training image's teacher features once and reuse them in later
             epochs (the teacher is frozen). Used only when it is safe: it turns itself off, with a log
-            line, when training transforms are random (augmentation). Defaults to ``True``.
-        teacher_cache_mb: Memory budget of that cache in MiB (on the training device); a training set
-            whose features do not fit is trained without cache, with a log line. Defaults to ``4096``.
+            line, when training transforms are random (augmentation) or a sample's image changes
+            between epochs (checked by content on every reuse). Defaults to ``True``.
+        teacher_cache_mb: Memory budget of that cache in MiB of host memory (never GPU memory; per
+            process under DDP); a training set whose features do not fit is trained without cache, with a
+            log line. Defaults to ``4096``.
         teacher_cache_dtype: Storage precision of the cache: ``"float16"`` (half the memory; the loss
             curve matches the uncached one to about 1e-2 relative) or ``"float32"`` (matches to float
             round-off). Defaults to ``"float16"``.
@@ -220,7 +222,11 @@ class SkipTS(AnomalibModule):
         return None
 
     def _build_feature_cache(self) -> TeacherFeatureCache | None:
-        """Decide whether to cache teacher features for this fit, and say so in the log."""
+        """Decide whether to cache teacher features for this fit, and say so in the log.
+
+        The cache lives in host memory (see ``feature_cache``). Under DDP each rank has its own
+        cache of the samples it meets; ``samples_per_process`` says how many that can be.
+        """
         if not self.teacher_cache:
             return None
         reason = self._cache_unsafe_reason()
@@ -229,28 +235,35 @@ class SkipTS(AnomalibModule):
             return None
         budget = int(self.teacher_cache_mb * 2**20)
         per_image = self.model.teacher_feature_bytes(self.teacher_cache_dtype)
-        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
-        num_images = len(dataset) if hasattr(dataset, "__len__") else None
+        num_images, plan = samples_per_process(self.trainer.train_dataloader)
         if num_images is not None and num_images * per_image > budget:
             logger.warning(
                 "Teacher-feature cache off: the %d training images need %.0f MiB of teacher features, more than "
-                "teacher_cache_mb=%.0f. Training goes on without the cache (slower); raise teacher_cache_mb to use it.",
+                "teacher_cache_mb=%.0f (%s). Training goes on without the cache (slower); raise teacher_cache_mb "
+                "to use it.",
                 num_images,
                 num_images * per_image / 2**20,
                 self.teacher_cache_mb,
+                plan,
             )
             return None
         logger.info(
-            "Teacher-feature cache on: %.1f MiB per image in %s, budget %.0f MiB.",
+            "Teacher-feature cache on: %.1f MiB per image in %s, in host memory, budget %.0f MiB (%s).",
             per_image / 2**20,
             str(self.teacher_cache_dtype).removeprefix("torch."),
             self.teacher_cache_mb,
+            plan,
         )
         return TeacherFeatureCache(budget_bytes=budget, dtype=self.teacher_cache_dtype)
 
     def on_train_start(self) -> None:
         """Set up the teacher-feature cache for this fit."""
         self.feature_cache = self._build_feature_cache()
+
+    def on_train_epoch_start(self) -> None:
+        """Tell the teacher-feature cache that an epoch starts (samples met before may not change)."""
+        if self.feature_cache is not None:
+            self.feature_cache.start_epoch()
 
     def on_train_end(self) -> None:
         """Free the teacher-feature cache."""
@@ -268,8 +281,8 @@ class SkipTS(AnomalibModule):
             return self.feature_cache.features(
                 list(map(str, batch.image_path)), batch.image, self.model.teacher_features
             )
-        except MemoryError as error:
-            logger.warning("Teacher-feature cache off (%s); training goes on without it.", error)
+        except FeatureCacheError as error:
+            logger.warning("Teacher-feature cache off: %s; training goes on without it.", error)
             self.feature_cache = None
             return None
 

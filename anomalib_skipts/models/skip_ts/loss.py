@@ -107,6 +107,38 @@ def authors_code_mac_loss(
     return torch.stack([(mses[i] - mses[j]).pow(2) for i, j in combinations(range(len(mses)), 2)]).sum()
 
 
+def validate_loss_options(similarity: str, mac: bool, beta: float, variant: str) -> None:
+    """Refuse loss options outside the allowed values, naming the bad value and the allowed ones.
+
+    Args:
+        similarity: One of ``SIMILARITIES``.
+        mac: A bool.
+        beta: A number >= 0.
+        variant: One of ``VARIANTS``; ``"authors_code"`` only with ``similarity="cosine"``.
+
+    Raises:
+        ValueError: On the first option that is not allowed.
+    """
+    if similarity not in SIMILARITIES:
+        msg = f"similarity={similarity!r} is not allowed: use 'cosine' (the paper, Eq. 1) or 'mse' (Table IV ablation)."
+        raise ValueError(msg)
+    if not isinstance(mac, bool):
+        msg = f"mac={mac!r} is not allowed: use True (add the MAC loss, Eq. 4) or False."
+        raise ValueError(msg)
+    if isinstance(beta, bool) or not isinstance(beta, int | float) or not beta >= 0 or beta == float("inf"):
+        msg = f"beta={beta!r} is not allowed: the MAC loss weight must be a finite number >= 0 (the paper's is 0.05)."
+        raise ValueError(msg)
+    if variant not in VARIANTS:
+        msg = f"variant={variant!r} is not allowed: use 'paper' (the equations) or 'authors_code' (the public code)."
+        raise ValueError(msg)
+    if variant == "authors_code" and similarity != "cosine":
+        msg = (
+            f"variant='authors_code' with similarity={similarity!r} is not allowed: the public code's loss is "
+            "cosine, use similarity='cosine'."
+        )
+        raise ValueError(msg)
+
+
 class SkipTSLoss(nn.Module):
     """Eq. 5: ``L_DRKD = L_sim + beta * L_mac``.
 
@@ -116,12 +148,16 @@ class SkipTSLoss(nn.Module):
         beta: Weight of the MAC loss; the paper uses 0.05.
         variant: ``"paper"`` (the equations) or ``"authors_code"`` (the public code's per-image
             flattened cosine and MSE-based MAC; only with ``similarity="cosine"``).
+
+    Raises:
+        ValueError: If an option has a value outside the allowed ones (the message names both).
     """
 
     def __init__(
         self, similarity: str = "cosine", mac: bool = True, beta: float = PAPER_BETA, variant: str = "paper"
     ) -> None:
         super().__init__()
+        validate_loss_options(similarity, mac, beta, variant)
         self.similarity = similarity
         self.mac = mac
         self.beta = beta
