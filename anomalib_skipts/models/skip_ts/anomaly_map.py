@@ -169,6 +169,10 @@ class AnomalyMapGenerator(nn.Module):
             rows, columns = getattr(self, f"rows_{layer}"), getattr(self, f"columns_{layer}")
             if (rows.shape[1], columns.shape[1]) != tuple(layer_map.shape[-2:]):
                 rows, columns = (matrix.to(layer_map.device) for matrix in self.operators(layer_map.shape[-2:]))
-            term = rows.to(layer_map.dtype) @ layer_map @ columns.to(layer_map.dtype).T
+            # rows @ M_l @ columns.T as two linear maps with the constant operator on the right (as in a
+            # linear layer): with the constant on the left, NNCF's INT8 model does not compile on
+            # OpenVINO's CPU plugin ("Check 'any_of(scale.size(), OC, 1U)' failed")
+            rows, columns = rows.to(layer_map.dtype), columns.to(layer_map.dtype)
+            term = F.linear(F.linear(layer_map, columns).transpose(-1, -2), rows).transpose(-1, -2)
             anomaly_map = term if anomaly_map is None else anomaly_map + term
         return anomaly_map.unsqueeze(1)
