@@ -118,3 +118,25 @@ def test_tiler_callback_fit_test_predict_with_images_larger_than_the_tile(
     batch = engine.predict(model=model, datamodule=datamodule)[0]
     assert batch.anomaly_map.shape[-2:] == (IMAGE, IMAGE)
     assert batch.pred_mask.shape[-2:] == (IMAGE, IMAGE)
+
+
+def test_export_with_the_tiler_on_keeps_the_tiling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exported graph tiles and untiles like the torch model (anomalib's models export the tiler too)."""
+    from anomalib.deploy import OpenVINOInferencer
+
+    monkeypatch.chdir(tmp_path)  # the inferencer writes an openvino_cache/ folder into the working directory
+    torch.manual_seed(0)
+    model = SkipTS(backbone="resnet18", pre_trained=False, image_size=IMAGE).eval()
+    model.model.tiler = Tiler(tile_size=TILE, stride=TILE)
+    images = torch.rand(2, 3, IMAGE, IMAGE)
+    with torch.no_grad():
+        expected = model(images).anomaly_map.numpy()
+        model.model.tiler = None
+        untiled = model(images).anomaly_map.numpy()
+        model.model.tiler = Tiler(tile_size=TILE, stride=TILE)
+    assert abs(expected - untiled).max() > 1e-3  # tiling changes the map: the check below can tell them apart
+    path = model.to_openvino(tmp_path, input_size=(IMAGE, IMAGE))
+    inferencer = OpenVINOInferencer(path=path, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
+    for image, reference in zip(images, expected, strict=True):
+        anomaly_map = torch.as_tensor(inferencer.predict(image).anomaly_map).reshape(reference.shape)
+        torch.testing.assert_close(anomaly_map, torch.from_numpy(reference), atol=1e-4, rtol=1e-4)
