@@ -22,6 +22,7 @@ from .conftest import IMAGE_SIZE, PHANTOM
 
 ANOMALIB = str(Path(sys.executable).with_name("anomalib"))
 MIN_SPEARMAN = 0.8
+ACQ_OPTIONS = ["--metric", "anomalib.metrics.AUROC", "--metric.fields", "[pred_score, gt_label]", "--max_drop", "0.05"]
 
 
 def _raw_images(datamodule: HeadPhantom) -> torch.Tensor:
@@ -126,8 +127,21 @@ def test_fp16_export_stores_half_weights_and_matches_fp32(
 
 
 @pytest.mark.slow
-def test_cli_int8_ptq_export_from_checkpoint(
-    trained: tuple, phantom_root: Path, fp32_scores: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("compression", "options"),
+    [
+        ("INT8_PTQ", []),
+        ("INT8_ACQ", ACQ_OPTIONS),
+    ],
+)
+def test_cli_int8_export_from_checkpoint(
+    compression: str,
+    options: list[str],
+    trained: tuple,
+    phantom_root: Path,
+    fp32_scores: tuple,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path)
     _, _, checkpoint = trained
@@ -145,7 +159,8 @@ def test_cli_int8_ptq_export_from_checkpoint(
         "--export_type",
         "openvino",
         "--compression_type",
-        "INT8_PTQ",
+        compression,
+        *options,
         "--data",
         "anomalib_skipts.data.HeadPhantom",
         "--data.root",
