@@ -205,6 +205,9 @@ class AnomalyMapGenerator(nn.Module):
         for layer in self.layers:
             layer_map = cosine_distance_map(teacher_features[layer - 1], student_features[layer - 1])
             rows, columns = self.operators(layer_map.shape[-2:], image_size, layer_map.device, layer_map.dtype)
-            term = rows @ layer_map @ columns.T
+            # rows @ M_l @ columns.T as two linear maps with the constant operator on the right (as in a
+            # linear layer): with the constant on the left, NNCF's INT8 model does not compile on
+            # OpenVINO's CPU plugin ("Check 'any_of(scale.size(), OC, 1U)' failed")
+            term = F.linear(F.linear(layer_map, columns).transpose(-1, -2), rows).transpose(-1, -2)
             anomaly_map = term if anomaly_map is None else anomaly_map + term
         return anomaly_map.unsqueeze(1)

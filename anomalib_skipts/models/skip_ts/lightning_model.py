@@ -210,6 +210,8 @@ class SkipTS(AnomalibModule):
 
     def _cache_unsafe_reason(self) -> str | None:
         """Why caching teacher features would change training, or ``None`` when it is safe."""
+        if self.model.tiler is not None:
+            return "tiling is on (the teacher runs on tiles, the cache keeps whole images)"
         datamodule = getattr(self.trainer, "datamodule", None)
         augmentations = getattr(datamodule, "train_augmentations", None)
         if not is_deterministic(augmentations):

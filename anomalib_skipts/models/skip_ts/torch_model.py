@@ -10,17 +10,21 @@ Training returns the teacher and student features for the loss; evaluation retur
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import timm
 import torch
 from anomalib.data import InferenceBatch
+from anomalib.data.utils.tiler import ImageUpscaleMode
 from anomalib.models.components import TimmFeatureExtractor
 from torch import nn
 
 from .anomaly_map import AnomalyMapGenerator, anomaly_score
 from .batch_norm_folding import FoldedCopy
 from .student import MAX_SKIPS, UPSAMPLE_KERNEL_SIZES, SkipStudent
+
+if TYPE_CHECKING:
+    from anomalib.data.utils.tiler import Tiler
 
 logger = logging.getLogger(__name__)
 
@@ -246,6 +250,7 @@ class SkipTSModel(nn.Module):
         fold_batch_norm: bool = True,
     ) -> None:
         super().__init__()
+        self.tiler: Tiler | None = None  # set by anomalib's TilerConfigurationCallback
         backbone = resolve_backbone(backbone)
         input_size = validate_input_size(input_size)
         if num_skips not in range(MAX_SKIPS + 1):
@@ -349,6 +354,31 @@ class SkipTSModel(nn.Module):
         )
         return values * torch.empty((), dtype=dtype).element_size()
 
+    def _tile(self, images: torch.Tensor) -> torch.Tensor:
+        """Cut the images into the tiler's tiles (a batch of ``B * tiles``), after checking the tile size."""
+        tile_size = (self.tiler.tile_size_h, self.tiler.tile_size_w)
+        if any(side % INPUT_STRIDE for side in (*tile_size, self.tiler.stride_h, self.tiler.stride_w)):
+            msg = (
+                f"Tiling with tile_size={tile_size} and stride={(self.tiler.stride_h, self.tiler.stride_w)} is not "
+                f"allowed: Skip-TS needs tile sizes and strides that are multiples of {INPUT_STRIDE} (the teacher "
+                "downsamples by 32), e.g. tile_size=256, stride=256 or 128."
+            )
+            raise ValueError(msg)
+        return self.tiler.tile(images)
+
+    def _untile(self, features: torch.Tensor) -> torch.Tensor:
+        """Put per-tile feature maps back together into one map per image.
+
+        With the tiler's padding mode the untiled map covers the padded image: the padding (bottom
+        and right) is cut off so that the map covers the input image only.
+        """
+        untiled = self.tiler.untile(features)
+        if self.tiler.mode == ImageUpscaleMode.PADDING:
+            height = untiled.shape[-2] * self.tiler.input_h // self.tiler.resized_h
+            width = untiled.shape[-1] * self.tiler.input_w // self.tiler.resized_w
+            untiled = untiled[..., :height, :width]
+        return untiled
+
     def forward(
         self,
         images: torch.Tensor,
@@ -360,7 +390,11 @@ class SkipTSModel(nn.Module):
             images: Normalised images ``(B, 3, H, W)``, ``H`` and ``W`` multiples of 32 (any, not only
                 the configured size).
             teacher_features: Precomputed ``[F_t^1, ..., F_t^4]`` for these images (from a cache); the
-                teacher runs when ``None``.
+                teacher runs when ``None``. Not allowed with tiling.
+
+        With ``tiler`` set (anomalib's ``TilerConfigurationCallback``, as for its built-in models),
+        teacher and student run on the tiles and the feature maps are put back together before the
+        loss or the anomaly map, which therefore comes back at the full input size.
 
         Returns:
             In training mode ``([F_t^1, F_t^2, F_t^3], [F_s^1, F_s^2, F_s^3])``; in evaluation mode an
@@ -371,18 +405,24 @@ class SkipTSModel(nn.Module):
             ValueError: If the images' height or width is not a multiple of 32.
         """
         image_size = (int(images.shape[-2]), int(images.shape[-1]))
-        if image_size[0] % INPUT_STRIDE or image_size[1] % INPUT_STRIDE:
+        if self.tiler is None and (image_size[0] % INPUT_STRIDE or image_size[1] % INPUT_STRIDE):
             msg = (
                 f"Input images of size {image_size[0]}x{image_size[1]} are not allowed: Skip-TS needs a height and "
                 f"width that are multiples of {INPUT_STRIDE} (the teacher downsamples by {INPUT_STRIDE}). Resize "
                 f"them, e.g. with the model's pre-processor (image_size)."
             )
             raise ValueError(msg)
+        if self.tiler is not None and teacher_features is not None:
+            msg = "Cached teacher features cannot be used with tiling: the teacher runs on the tiles."
+            raise ValueError(msg)
         if teacher_features is None:
-            teacher_features = self.teacher_features(images)
+            teacher_features = self.teacher_features(self._tile(images) if self.tiler is not None else images)
         elif self.channels_last:  # cached features: the same layout, hence the same arithmetic, as fresh ones
             teacher_features = [feature.contiguous(memory_format=torch.channels_last) for feature in teacher_features]
         student_features = self.inference_student()(teacher_features)
+        if self.tiler is not None:
+            teacher_features = [self._untile(feature) for feature in teacher_features[:3]]
+            student_features = [self._untile(feature) for feature in student_features]
         if self.training:
             return list(teacher_features[:3]), student_features
         anomaly_map = self.anomaly_map_generator(teacher_features[:3], student_features, image_size)
