@@ -8,6 +8,14 @@ parent watches it: the resident memory of the child and its own children (data-l
 polled, the child is killed when it goes over the memory limit or the time limit, and what happened
 (exit status or signal, peak memory, last lines of its log) is returned for the run's row.
 
+Each run also fixes glibc's ``malloc`` mmap threshold (:func:`fix_mmap_threshold`). By default
+glibc raises that threshold (up to 32 MB) each time a large block is freed; after that, loops that
+allocate and free the same large temporary while keeping small tensors alive (anomalib's
+k-center-greedy coreset selection of PatchCore: one ``N x d`` difference per selected point)
+fragment the heap and never give the memory back. On a BUSI-sized dataset at 128x128 this took a
+PatchCore run past 8 GB of resident memory within two minutes (24 GB when left alone) while a
+fixed 1 MB threshold keeps it flat.
+
 The memory limit is enforced by polling (``psutil``), not by ``RLIMIT_AS``: PyTorch and CUDA
 reserve far more virtual address space than they use, so an address-space limit would fail
 healthy runs. A run that allocates faster than the poll interval can still be killed by the
@@ -17,6 +25,8 @@ kernel first; it is then reported as killed by ``SIGKILL``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import multiprocessing
 import os
 import resource
@@ -32,6 +42,9 @@ import psutil
 
 GB = 1024**3
 MB = 1024**2
+MMAP_THRESHOLD = 1024**2
+"""Allocations from this size on are served by ``mmap`` and returned to the system when freed."""
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
 
 
 @dataclass(frozen=True)
@@ -184,6 +197,29 @@ def tail(path: Path, lines: int = 40) -> list[str]:
         text = file.read().decode("utf-8", errors="replace")
     kept = [line.rstrip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
     return kept[-lines:]
+
+
+def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Fix glibc's ``malloc`` mmap threshold, which turns off its dynamic adjustment.
+
+    Large blocks (``threshold`` bytes and more) are then always ``mmap``-ed and given back to the
+    system when freed, so that freed large temporaries cannot fragment the heap (see the module
+    docstring). Same effect as starting Python with ``MALLOC_MMAP_THRESHOLD_=<threshold>``.
+
+    Args:
+        threshold: Bytes.
+
+    Returns:
+        bool: ``True`` if set (glibc), ``False`` elsewhere (other C libraries: nothing done).
+    """
+    name = ctypes.util.find_library("c")
+    if not sys.platform.startswith("linux") or name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(threshold)))
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
 
 
 def reset_peak_rss() -> None:

@@ -31,6 +31,8 @@ METRICS: dict[str, str] = {
     "image_f1": "Image F1 at the Youden threshold (%)",
     "image_accuracy": "Image accuracy at the Youden threshold (%)",
     "pixel_auroc": "Pixel AUROC (%)",
+    "pixel_aupro": "Pixel AUPRO, FPR limit 0.3 (%)",
+    "pixel_dice": "Dice at 0.8 on the per-image min-max normalised anomaly map (%)",
 }
 
 

@@ -41,7 +41,7 @@ import pandas as pd
 import yaml
 
 from .config import BenchmarkConfig, RunSpec
-from .isolation import MB, RunLimits, peak_rss_bytes, reset_peak_rss, run_in_child
+from .isolation import MB, RunLimits, fix_mmap_threshold, peak_rss_bytes, reset_peak_rss, run_in_child
 
 if TYPE_CHECKING:
     import torch
@@ -352,7 +352,7 @@ def _callbacks() -> tuple[type, type]:
             self.paths: list[str] = []
             self.masks: list[torch.Tensor] = []
             self.mask_maps: list[torch.Tensor] = []
-            self.overlays: list[tuple[str, int, float, np.ndarray]] = []
+            self.overlays: list[tuple[str, int, float, np.ndarray, np.ndarray | None]] = []
 
         def on_test_batch_end(
             self,
@@ -384,17 +384,29 @@ def _callbacks() -> tuple[type, type]:
             if masks is not None and maps is not None:
                 masks = masks.detach().cpu().reshape(maps.shape[0], *masks.shape[-2:])
                 if masks.shape[-2:] == maps.shape[-2:]:
-                    self.masks.append(masks.to(torch.bool))
+                    masks = masks.to(torch.bool)
+                    # Kept compactly (bool, float16) for pixel AUROC / AUPRO / Dice over the whole test set.
+                    self.masks.append(masks)
                     self.mask_maps.append(maps.to(torch.float16))
+                else:
+                    masks = None
             if maps is not None:
-                self._keep_overlays(paths, labels.tolist(), scores.tolist(), maps)
+                self._keep_overlays(paths, labels.tolist(), scores.tolist(), maps, masks)
 
-        def _keep_overlays(self, paths: list[str], labels: list[int], scores: list[float], maps: Any) -> None:
+        def _keep_overlays(
+            self,
+            paths: list[str],
+            labels: list[int],
+            scores: list[float],
+            maps: Any,
+            masks: Any,
+        ) -> None:
             for index, (path, label, score) in enumerate(zip(paths, labels, scores, strict=True)):
                 kept = sum(1 for item in self.overlays if item[1] == label)
                 limit = self.overlay_abnormal if label == 1 else self.overlay_normal
                 if kept < limit:
-                    self.overlays.append((path, label, score, maps[index].numpy().astype(np.float16)))
+                    mask = masks[index].numpy() if masks is not None else None
+                    self.overlays.append((path, label, score, maps[index].numpy().astype(np.float16), mask))
 
     return LastEpochGuard, TestCollector
 
@@ -442,6 +454,7 @@ def execute_run(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / ERROR_TXT).unlink(missing_ok=True)
     row = _base_row(run)
+    fix_mmap_threshold()  # no heap fragmentation by large temporaries (PatchCore's coreset: isolation.py)
     reset_peak_rss()
     _reset_cuda_peak()
     start = time.perf_counter()
@@ -569,7 +582,7 @@ def _train_and_test(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     from lightning.pytorch import seed_everything
 
     from .cost import count_flops, count_parameters, describe_device, measure_throughput
-    from .metrics import image_metrics, pixel_auroc
+    from .metrics import dice_at_threshold, image_metrics, pixel_aupro, pixel_auroc
 
     guard_class, collector_class = _callbacks()
     seed_everything(run.seed, workers=True, verbose=False)
@@ -617,13 +630,15 @@ def _train_and_test(run: RunSpec, run_dir: Path) -> dict[str, Any]:
         index=False,
     )
     if collector.overlays:
-        np.savez_compressed(
-            run_dir / "anomaly_maps.npz",
-            paths=np.asarray([item[0] for item in collector.overlays]),
-            labels=np.asarray([item[1] for item in collector.overlays]),
-            scores=np.asarray([item[2] for item in collector.overlays]),
-            maps=np.stack([item[3] for item in collector.overlays]),
-        )
+        arrays = {
+            "paths": np.asarray([item[0] for item in collector.overlays]),
+            "labels": np.asarray([item[1] for item in collector.overlays]),
+            "scores": np.asarray([item[2] for item in collector.overlays]),
+            "maps": np.stack([item[3] for item in collector.overlays]),
+        }
+        if all(item[4] is not None for item in collector.overlays):
+            arrays["masks"] = np.stack([item[4] for item in collector.overlays])
+        np.savez_compressed(run_dir / "anomaly_maps.npz", **arrays)
     pairs = sorted(zip(collector.paths, labels.tolist(), strict=True))
     listing = "\n".join(f"{path}\t{label}" for path, label in pairs)
     result = {
@@ -634,6 +649,8 @@ def _train_and_test(run: RunSpec, run_dir: Path) -> dict[str, Any]:
         "youden_tpr": metrics.tpr,
         "youden_fpr": metrics.fpr,
         "pixel_auroc": pixel_auroc(collector.masks, collector.mask_maps),
+        "pixel_aupro": pixel_aupro(collector.masks, collector.mask_maps),
+        "pixel_dice": dice_at_threshold(collector.masks, collector.mask_maps),
         "n_train": len(datamodule.train_data),
         "n_test": len(labels),
         "n_test_normal": int((labels == 0).sum()),
