@@ -195,8 +195,15 @@ def model_init_args(run: RunSpec, model_class: type[AnomalibModule]) -> dict[str
     parameters = inspect.signature(model_class).parameters
     protocol = run.protocol
     kwargs = dict(run.model.init_args)
-    if protocol.backbone is not None and "backbone" in parameters:
-        kwargs.setdefault("backbone", protocol.backbone)
+    if protocol.backbone is not None and "backbone" in parameters and "backbone" not in kwargs:
+        kwargs["backbone"] = protocol.backbone
+        if model_class.__name__ in _ARCHITECTURE_NAME_ONLY:
+            kwargs["backbone"] = protocol.backbone.partition(".")[0]
+            if encoder_swap(run, model_class) is not None:
+                kwargs["pre_trained"] = False  # built random, then given the tagged encoder (build_model)
+    if model_class.__name__ == "Padim" and "." in str(kwargs.get("backbone", "")):
+        # PaDiM looks its default feature count up by the untagged architecture name.
+        kwargs.setdefault("n_features", _padim_features(kwargs["backbone"]))
     if "pre_trained" in parameters:
         kwargs.setdefault("pre_trained", protocol.pre_trained)
     if "image_size" in parameters:
@@ -205,6 +212,84 @@ def model_init_args(run: RunSpec, model_class: type[AnomalibModule]) -> dict[str
         kwargs["pre_processor"] = _pre_processor(model_class, protocol.image_size)
     kwargs.update(post_processor=False, evaluator=False, visualizer=False)
     return kwargs
+
+
+_ARCHITECTURE_NAME_ONLY = frozenset({"ReverseDistillation"})
+"""Models that take an architecture name only: anomalib's RD picks its decoder and bottleneck by the
+exact name, so a timm tag cannot be passed; :func:`build_model` gives it the tagged encoder instead."""
+
+
+def encoder_swap(run: RunSpec, model_class: type[AnomalibModule]) -> str | None:
+    """Return the tagged backbone that replaces an architecture-name-only model's encoder, if any.
+
+    Applies when the protocol's backbone has a timm tag, the model's ``init_args`` set no backbone
+    and pretrained weights are wanted: anomalib's RD is then built with random weights and its
+    encoder (``model.encoder``, a ``TimmFeatureExtractor``) is rebuilt with the tagged weights, so
+    that it gets the same teacher weights as every other model.
+
+    Args:
+        run: The run.
+        model_class: The model class.
+
+    Returns:
+        str | None: The tagged backbone, or ``None``.
+    """
+    backbone = run.protocol.backbone
+    init_args = run.model.init_args
+    if model_class.__name__ not in _ARCHITECTURE_NAME_ONLY or backbone is None or "." not in backbone:
+        return None
+    if "backbone" in init_args or not init_args.get("pre_trained", run.protocol.pre_trained):
+        return None
+    return backbone
+
+
+def _swap_encoder(model: AnomalibModule, backbone: str) -> None:
+    from anomalib.models.components import TimmFeatureExtractor
+
+    encoder = model.model.encoder
+    model.model.encoder = TimmFeatureExtractor(backbone=backbone, pre_trained=True, layers=list(encoder.layers))
+
+
+def _padim_features(backbone: str) -> int | None:
+    from anomalib.models.image.padim import torch_model
+
+    return getattr(torch_model, "_N_FEATURES_DEFAULTS", {}).get(backbone.partition(".")[0])
+
+
+def backbone_weights(model_class: type[AnomalibModule], kwargs: dict[str, Any]) -> str:
+    """Say which backbone / teacher weights a model gets from its constructor arguments.
+
+    Args:
+        model_class: The model class.
+        kwargs: Its constructor arguments (:func:`model_init_args`).
+
+    Returns:
+        str: ``<architecture>.<timm tag>`` of the pretrained weights (the tag timm or the model
+        resolves an untagged name to), ``random-init`` when ``pre_trained`` is off, or an empty
+        string for a model without a ``backbone`` argument. STFPM always loads pretrained weights
+        for its teacher (its student is random), so its entry is the teacher's.
+    """
+    parameters = inspect.signature(model_class).parameters
+    if "backbone" not in parameters:
+        return ""
+    backbone = kwargs.get("backbone", parameters["backbone"].default)
+    if not isinstance(backbone, str):
+        return type(backbone).__name__
+    pre_trained = kwargs.get("pre_trained", parameters["pre_trained"].default if "pre_trained" in parameters else True)
+    if not pre_trained:
+        return "random-init"
+    if "." in backbone:
+        return backbone
+    if model_class.__name__ == "SkipTS":  # Skip-TS resolves an untagged name itself (to tv_in1k)
+        with contextlib.suppress(ImportError):
+            module = importlib.import_module(model_class.__module__.rsplit(".", 1)[0] + ".torch_model")
+            resolve = getattr(module, "resolve_backbone", None)
+            if callable(resolve):
+                return str(resolve(backbone))
+    import timm.models
+
+    config = timm.models.get_pretrained_cfg(backbone)
+    return f"{backbone}.{config.tag}" if config is not None and config.tag else backbone
 
 
 def build_model(run: RunSpec) -> AnomalibModule:
@@ -221,8 +306,26 @@ def build_model(run: RunSpec) -> AnomalibModule:
     model_class = resolve_model_class(run.model.class_path)
     kwargs = model_init_args(run, model_class)
     if "." not in run.model.class_path and model_class in AnomalibModule.__subclasses__():
-        return get_model(model_class.__name__, **kwargs)
-    return model_class(**kwargs)
+        model = get_model(model_class.__name__, **kwargs)
+    else:
+        model = model_class(**kwargs)
+    swap = encoder_swap(run, model_class)
+    if swap is not None:
+        _swap_encoder(model, swap)
+    return model
+
+
+def run_weights(run: RunSpec, model_class: type[AnomalibModule]) -> str:
+    """Say which backbone / teacher weights a run's model gets (the ``weights`` column).
+
+    Args:
+        run: The run.
+        model_class: The model class.
+
+    Returns:
+        str: See :func:`backbone_weights`; the swapped-in encoder's tag for RD (:func:`encoder_swap`).
+    """
+    return encoder_swap(run, model_class) or backbone_weights(model_class, model_init_args(run, model_class))
 
 
 def resolve_datamodule_class(class_path: str) -> type[AnomalibDataModule]:
@@ -666,6 +769,7 @@ def _train_and_test(run: RunSpec, run_dir: Path) -> dict[str, Any]:
         "flops_per_image": flops,
         "device": describe_device(device),
         "torch_threads": torch.get_num_threads(),
+        "weights": run_weights(run, model_class),
         "init_args": json.dumps(init_args, sort_keys=True, default=str),
     }
     del engine, model, datamodule, network, batches, optimizers
