@@ -344,6 +344,9 @@ def _cost_table(ok: pd.DataFrame, models: Sequence[str], datasets: Sequence[str]
     header = ["model", "params", "trained params", "GFLOPs / image", "epochs"]
     header += [f"train time {dataset} (s)" for dataset in datasets]
     header += ["throughput (img/s)"]
+    titles = {"peak_rss_mb": "peak RSS (GB)", "peak_cuda_mb": "peak CUDA (GB)", "weights": "weights"}
+    extra = [column for column in titles if column in ok and ok[column].notna().any()]
+    header += [titles[column] for column in extra]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for model in models:
         rows = ok[ok["model"] == model]
@@ -360,13 +363,21 @@ def _cost_table(ok: pd.DataFrame, models: Sequence[str], datasets: Sequence[str]
             times = rows.loc[rows["dataset"] == dataset, "train_time_s"].astype(float)
             cells.append(_mean_std(times.to_numpy(), scale=1.0, digits=1) if len(times) else "—")
         cells.append(_mean_std(rows["throughput_ips"].astype(float).to_numpy(), scale=1.0, digits=1))
+        for column in extra:
+            if column == "weights":
+                cells.append(", ".join(f"`{value}`" for value in sorted(set(rows[column].dropna().astype(str)))) or "—")
+            else:  # the largest peak over the model's runs
+                peak = rows[column].astype(float).max()
+                cells.append(f"{peak / 1024:.2f}" if math.isfinite(peak) else "—")
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         "Params: all network parameters (frozen teacher / backbone included); trained params: those "
         "updated by the optimizer. FLOPs: torch's `FlopCounterMode` on one inference forward pass "
         "(1 multiply-add = 2 FLOPs). Throughput: network forward on pre-processed test batches, "
-        "data loading excluded.",
+        "data loading excluded. Peak RSS: largest resident memory of the run's process over the "
+        "model's runs; peak CUDA: `torch.cuda.max_memory_allocated`. Weights: the backbone / teacher "
+        "weights the model got (`<architecture>.<timm tag>`, or `random-init`).",
     ]
     return lines
 

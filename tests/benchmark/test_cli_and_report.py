@@ -53,6 +53,9 @@ def test_command_end_to_end_and_restart(make_config, tmp_path: Path, capsys: pyt
     for column in ("pixel_auroc", "pixel_aupro", "pixel_dice"):
         assert ok[column].between(0, 1).all(), column  # the tiny dataset has masks
     assert (ok["peak_rss_mb"] > 100).all()  # measured in each run's own process
+    assert set(ok["weights"]) == {"random-init"}  # smoke protocol: resnet18, pre_trained false
+    assert "peak RSS (GB)" in summary
+    assert "`random-init`" in summary
     with np.load(out / "runs" / "Padim__Tiny__seed0" / "anomaly_maps.npz") as maps:
         assert maps["masks"].shape == maps["maps"].shape
         assert maps["masks"][maps["labels"] == 1].any()
