@@ -202,3 +202,35 @@ def test_rerun_of_one_model_keeps_every_finished_model_in_the_summary(make_confi
     (out / "summary.md").unlink()
     assert main(["--config", str(path), "--report-only", "--models", "SkipTS"]) == 0
     assert (out / "summary.md").read_text().split("## Image AUROC")[1].split("##")[0] == auroc
+
+
+def test_overlay_outlines_the_ground_truth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from anomalib_skipts.benchmark.plots import plot_overlays
+
+    mask = np.zeros((16, 16), dtype=bool)
+    mask[4:9, 5:11] = True
+    run_dir = tmp_path / "runs" / "A__D__seed0"
+    run_dir.mkdir(parents=True)
+    arrays = {
+        "paths": np.asarray(["missing_abnormal.png", "missing_normal.png"]),
+        "labels": np.asarray([1, 0]),
+        "scores": np.asarray([2.0, 0.5]),
+        "maps": np.stack([mask.astype(np.float16), np.zeros((16, 16), np.float16)]),
+    }
+    np.savez_compressed(run_dir / "anomaly_maps.npz", **arrays, masks=np.stack([mask, np.zeros_like(mask)]))
+    rows = pd.DataFrame([{"model": "A", "seed": 0, "run_id": "A__D__seed0"}])
+    drawn: list[int] = []
+    from matplotlib.axes import Axes
+
+    original = Axes.contour
+
+    def contour(self, *args, **kwargs):
+        drawn.append(int(np.asarray(args[0]).sum()))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "contour", contour)
+    assert plot_overlays(tmp_path, rows, ["A"], "t", tmp_path / "o.png") == tmp_path / "o.png"
+    assert drawn == [mask.sum(), mask.sum()]  # on the model's map and on the image, abnormal row only
+    (run_dir / "anomaly_maps.npz").unlink()
+    np.savez_compressed(run_dir / "anomaly_maps.npz", **arrays)  # older runs without masks still plot
+    assert plot_overlays(tmp_path, rows, ["A"], "t", tmp_path / "o2.png") is not None

@@ -3,6 +3,7 @@ as failed with its reason, and the benchmark goes on with the next run."""
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 
 from anomalib_skipts.benchmark.__main__ import main
 from anomalib_skipts.benchmark.config import RunSpec, parse_duration
-from anomalib_skipts.benchmark.isolation import RunLimits, describe_exit
+from anomalib_skipts.benchmark.isolation import RunLimits, describe_exit, fix_mmap_threshold
 from anomalib_skipts.benchmark.runner import BenchmarkRunner, execute_run
 
 
@@ -130,3 +131,13 @@ def test_exit_descriptions() -> None:
     assert describe_exit(-signal.SIGKILL).startswith("killed by signal SIGKILL (the kernel's out-of-memory killer")
     assert describe_exit(-signal.SIGSEGV) == "killed by signal SIGSEGV (segmentation fault in native code)"
     assert describe_exit(2) == "the run's process exited with status 2"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_mmap_threshold_is_fixed_in_each_run() -> None:
+    # Each run calls it (runner.execute_run) so that PatchCore's coreset loop cannot fragment the heap.
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    assert fix_mmap_threshold() is True
