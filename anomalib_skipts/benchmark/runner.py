@@ -26,6 +26,7 @@ import inspect
 import json
 import logging
 import math
+import pickle
 import sys
 import tempfile
 import time
@@ -877,6 +878,15 @@ class BenchmarkRunner:
         if not self.isolate and (self.limits.timeout_s is not None or self.limits.memory_limit_gb is not None):
             msg = "Time and memory limits need isolated runs (isolate: true / no --no-isolation)."
             raise ValueError(msg)
+        if self.isolate:
+            try:
+                pickle.dumps(execute)
+            except (pickle.PicklingError, AttributeError, TypeError) as error:
+                msg = (
+                    f"execute={execute!r} cannot be sent to a child process ({error}): give a module-level "
+                    "function, or isolate=False to run in this process."
+                )
+                raise ValueError(msg) from error
 
     def run(self) -> pd.DataFrame:
         """Execute every run not finished yet.

@@ -141,3 +141,11 @@ def test_mmap_threshold_is_fixed_in_each_run() -> None:
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc")
     assert fix_mmap_threshold() is True
+
+
+def test_unpicklable_execute_is_refused_with_a_clear_error(make_config) -> None:
+    def local(run: RunSpec, run_dir: Path) -> dict[str, Any]:
+        return {}
+
+    with pytest.raises(ValueError, match="module-level function, or isolate=False"):
+        BenchmarkRunner(make_config(), execute=local)
