@@ -617,9 +617,10 @@ def execute_isolated(
     limits = limits or RunLimits()
     outcome = run_in_child(_child_main, (execute, run, run_dir), run_dir / RUN_LOG, limits, heartbeat)
     result = run_dir / RUN_JSON
-    if outcome.exitcode == 0 and result.is_file():
+    if result.is_file():  # the run wrote its row: it finished (a crash while the process exits costs nothing)
         row = json.loads(result.read_text(encoding="utf-8"))
         row.setdefault("peak_rss_mb", round(outcome.peak_rss_bytes / MB, 1))
+        row["exit_code"] = outcome.exitcode
         return row
     reason = outcome.reason or "the run's process exited without writing its result"
     peak = f"peak resident memory {outcome.peak_rss_bytes / 1024**3:.2f} GB"
