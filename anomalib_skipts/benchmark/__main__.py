@@ -9,6 +9,7 @@ Example:
         skipts-benchmark --config configs/benchmark/cpu_quick.yaml
         skipts-benchmark --config configs/benchmark/ablation.yaml --protocol cpu-quick
         skipts-benchmark --config configs/benchmark/smoke.yaml --report-only
+        skipts-benchmark --config configs/benchmark/cpu_quick.yaml --run-timeout 2h --run-memory-limit 12
 """
 
 from __future__ import annotations
@@ -46,6 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--datasets", nargs="+", help="Run only these datasets (names from the config).")
     parser.add_argument("--max-epochs", type=int, help="Epochs replacing the protocol's.")
     parser.add_argument("--no-retry-failed", action="store_true", help="On restart, skip runs that failed before.")
+    parser.add_argument(
+        "--run-timeout",
+        metavar="DURATION",
+        help="Per-run time limit replacing the config's run_timeout: seconds, or e.g. 90m, 2h; 'none' for no limit.",
+    )
+    parser.add_argument(
+        "--run-memory-limit",
+        metavar="GB",
+        help="Per-run limit on resident memory in GB replacing the config's run_memory_limit; 'none' for no limit.",
+    )
+    parser.add_argument(
+        "--no-isolation",
+        action="store_true",
+        help="Run in this process instead of one child process per run (debugging; no limits, a crash ends all).",
+    )
     parser.add_argument("--dry-run", action="store_true", help="List the runs and their status, run nothing.")
     parser.add_argument("--report-only", action="store_true", help="Only rebuild summary.md and the figures.")
     parser.add_argument("--strict", action="store_true", help="Exit with status 1 if any run failed.")
@@ -80,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("TQDM_DISABLE", "1")
     log = _setup_logging()
 
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from .config import PROTOCOLS, load_config
 
@@ -90,8 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.config is None:
         parser.error("--config is required")
-    config = load_config(args.config, protocol=args.protocol, output_dir=args.output, max_epochs=args.max_epochs)
-    config = config.select(models=args.models, datasets=args.datasets, seeds=args.seeds)
+    full = load_config(args.config, protocol=args.protocol, output_dir=args.output, max_epochs=args.max_epochs)
+    try:
+        full = _with_limits(full, args)
+    except ValueError as error:
+        parser.error(str(error))
+    config = full.select(models=args.models, datasets=args.datasets, seeds=args.seeds)
+    # The summary covers every model and dataset of the config (runs of other selections included).
+    report_config = replace(full, seeds=tuple(dict.fromkeys([*full.seeds, *config.seeds])))
     command = "skipts-benchmark " + shlex.join(sys.argv[1:] if argv is None else list(argv))
 
     if args.anomalib_config or args.anomalib_pipeline:
@@ -103,13 +125,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .runner import RUNS_CSV, BenchmarkRunner, write_config_snapshot
 
     if not args.report_only:
-        BenchmarkRunner(config, retry_failed=not args.no_retry_failed, log=log.info, command=command).run()
+        BenchmarkRunner(
+            config,
+            retry_failed=not args.no_retry_failed,
+            log=log.info,
+            command=command,
+            report_config=report_config,
+        ).run()
     if not (config.output_dir / RUNS_CSV).is_file():
         log.error("No results in %s", config.output_dir)
         return 1
     if args.report_only:  # the layout follows the config as it is now; the command stays the runs' one
-        write_config_snapshot(config, recorded_command(config.output_dir))
-    summary, plots = write_report(config.output_dir)
+        write_config_snapshot(report_config, recorded_command(config.output_dir))
+    summary, plots = write_report(config.output_dir, config=report_config)
     log.info("Summary: %s", summary)
     for plot in plots:
         log.info("Figure: %s", plot)
@@ -119,6 +147,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         frame = pd.read_csv(config.output_dir / RUNS_CSV)
         return int((frame["status"] != "ok").any())
     return 0
+
+
+def _with_limits(config: BenchmarkConfig, args: argparse.Namespace) -> BenchmarkConfig:
+    """Apply ``--run-timeout``, ``--run-memory-limit`` and ``--no-isolation`` to a config."""
+    from dataclasses import replace
+
+    from .config import parse_duration, parse_positive
+
+    changes: dict[str, object] = {}
+    if args.run_timeout is not None:
+        changes["run_timeout"] = parse_duration(args.run_timeout, "--run-timeout")
+    if args.run_memory_limit is not None:
+        none = args.run_memory_limit.strip().lower() == "none"
+        changes["run_memory_limit"] = None if none else parse_positive(args.run_memory_limit, "--run-memory-limit (GB)")
+    if args.no_isolation:
+        changes.update(isolate=False, run_timeout=None, run_memory_limit=None)
+    return replace(config, **changes)
 
 
 def _anomalib(config: BenchmarkConfig, args: argparse.Namespace, log: logging.Logger) -> int:

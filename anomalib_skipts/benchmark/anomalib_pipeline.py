@@ -20,7 +20,13 @@ from typing import Any
 import yaml
 
 from .config import BenchmarkConfig, RunSpec
-from .runner import datamodule_init_args, model_init_args, resolve_datamodule_class, resolve_model_class
+from .runner import (
+    datamodule_init_args,
+    encoder_swap,
+    model_init_args,
+    resolve_datamodule_class,
+    resolve_model_class,
+)
 
 PIPELINE_DIR = "anomalib_pipeline"
 
@@ -74,6 +80,13 @@ def to_anomalib_benchmark(config: BenchmarkConfig) -> tuple[dict[str, Any], list
             for key, value in model_init_args(run, model_class).items()
             if key not in {"pre_processor", "post_processor", "evaluator", "visualizer"}
         }
+        swap = encoder_swap(run, model_class)
+        if swap is not None:  # the benchmark swaps RD's encoder after building it; a YAML config cannot
+            init_args["pre_trained"] = True
+            notes.append(
+                f"model {model.name}: gets timm's default weights for {init_args['backbone']} instead of {swap} "
+                "(the pipeline cannot replace its encoder)"
+            )
         models.append({"class_path": model_class.__name__, "init_args": init_args})
     datasets = []
     for dataset in config.datasets:

@@ -24,6 +24,9 @@ A benchmark YAML looks like this (every key except ``datasets`` is optional)::
         class_path: anomalib_skipts.data.HeadCT
         init_args: {root: ../shared/data/headct}
     kde_models: [SkipTS]         # models whose score distributions are plotted
+    run_timeout: 2h              # per-run time limit (seconds, or with s / m / h); default: none
+    run_memory_limit: 16         # per-run memory limit in GB (resident memory of the run's process)
+    isolate: true                # each run in its own child process (default)
 """
 
 from __future__ import annotations
@@ -51,7 +54,9 @@ class Protocol:
         name: Protocol name (``paper``, ``cpu-quick``, ``smoke`` or ``custom``).
         image_size: Input size ``(height, width)`` given to every model's pre-processor.
         backbone: Backbone given to every model whose constructor has a ``backbone`` argument
-            (unless the model's ``init_args`` set one). ``None`` keeps each model's default.
+            (unless the model's ``init_args`` set one), a timm name with an optional pretrained tag
+            (``wide_resnet50_2.tv_in1k``). ``None`` keeps each model's default. The weights each
+            run got are recorded in its ``weights`` column.
         pre_trained: Value given to every model's ``pre_trained`` argument, where it has one.
             ``False`` gives random-initialised backbones (no ImageNet weights).
         max_epochs: Training epochs for models trained by gradient descent. Models whose
@@ -100,9 +105,10 @@ class Protocol:
 
 
 PROTOCOLS: dict[str, Protocol] = {
-    # The paper's protocol (Sec. IV-B): 256x256, WideResNet50-2 teacher, ImageNet weights,
+    # The paper's protocol (Sec. IV-B): 256x256, WideResNet50-2 teacher with torchvision's ImageNet
+    # weights (timm tag tv_in1k, as in the authors' code) for every model with a backbone,
     # batch size 16, 200 epochs, last epoch, five seeds.
-    "paper": Protocol(name="paper"),
+    "paper": Protocol(name="paper", backbone="wide_resnet50_2.tv_in1k"),
     # Small enough for HeadCT + BrainMRI x five models x three seeds in under an hour on 2 CPU cores.
     # Random-initialised backbones: ImageNet weights cannot be downloaded on the machines it targets.
     "cpu-quick": Protocol(
@@ -230,6 +236,11 @@ class BenchmarkConfig:
         datasets: Datasets to run them on.
         seeds: Seeds; one run per model, dataset and seed.
         kde_models: Names of the models whose score distributions are plotted.
+        run_timeout: Seconds a run may take before it is stopped and recorded as failed (``None``: no limit).
+        run_memory_limit: GB of resident memory a run's process tree may use before it is killed and
+            recorded as failed (``None``: no limit).
+        isolate: Run each run in its own child process (a crash, an out-of-memory kill or a limit
+            then ends that run only). ``False`` runs in-process (no limits; for debugging).
         source: The YAML file the config was read from.
     """
 
@@ -241,6 +252,9 @@ class BenchmarkConfig:
     seeds: tuple[int, ...]
     kde_models: tuple[str, ...] = ()
     source: Path | None = None
+    run_timeout: float | None = None
+    run_memory_limit: float | None = None
+    isolate: bool = True
 
     def runs(self) -> list[RunSpec]:
         """Expand the grid into runs.
@@ -351,6 +365,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Benchma
         ValueError: On unknown keys, duplicate names or a config without datasets.
     """
     known = {"name", "output_dir", "protocol", "seeds", "models", "datasets", "kde_models"}
+    known |= {"run_timeout", "run_memory_limit", "isolate"}
     _check_keys(data, known, "config")
     name = str(data.get("name") or (source.stem if source else "benchmark"))
     protocol = _parse_protocol(data.get("protocol", "paper"))
@@ -389,7 +404,60 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Benchma
         seeds=seeds,
         kde_models=kde_models,
         source=source,
+        run_timeout=parse_duration(data.get("run_timeout"), "run_timeout"),
+        run_memory_limit=parse_positive(data.get("run_memory_limit"), "run_memory_limit (GB)"),
+        isolate=bool(data.get("isolate", True)),
     )
+
+
+def parse_duration(value: float | str | None, where: str = "duration") -> float | None:
+    """Read a duration in seconds: a number, or a string with unit ``s``, ``m`` or ``h`` (``"90m"``).
+
+    Args:
+        value: The value (``None`` or ``"none"``: no limit).
+        where: Name of the setting, for the error message.
+
+    Returns:
+        float | None: Seconds.
+
+    Raises:
+        ValueError: If the value is not a positive duration.
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none"}):
+        return None
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", value.lower())
+        if not match:
+            msg = f"{where} must be seconds or a duration like '90s', '30m', '2h'; got {value!r}"
+            raise ValueError(msg)
+        value = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    return parse_positive(value, where)
+
+
+def parse_positive(value: Any, where: str) -> float | None:
+    """Read a positive number (``None`` stays ``None``).
+
+    Args:
+        value: The value.
+        where: Name of the setting, for the error message.
+
+    Returns:
+        float | None: The number.
+
+    Raises:
+        ValueError: If the value is not a positive number.
+    """
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as error:
+        msg = f"{where} must be a positive number, got {value!r}"
+        raise ValueError(msg) from error
+    if not number > 0:
+        msg = f"{where} must be a positive number, got {value!r}"
+        raise ValueError(msg)
+    return number
 
 
 def _parse_protocol(item: str | Mapping[str, Any]) -> Protocol:

@@ -3,6 +3,11 @@
 Skip-TS (IEEE TIM 2024, Sec. IV) reports image AUROC, F1 and accuracy at the threshold that
 maximises TPR - FPR (Youden's J statistic), and averages AUROC over datasets both plainly and
 weighted by dataset size (Fig. 5). Everything here works on raw (un-normalised) anomaly scores.
+
+Where test masks exist, localisation is measured three ways: pixel AUROC, anomalib's AUPRO (area
+under the per-region overlap curve up to a false-positive rate of 0.3, normalised to [0, 1]) and
+the Dice coefficient of the segmentation the paper draws in Fig. 9(g): each anomaly map min-max
+normalised over its own image and thresholded at 0.8.
 """
 
 from __future__ import annotations
@@ -10,11 +15,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score, roc_curve
 from torchmetrics.functional.classification import binary_auroc
+
+AUPRO_FPR_LIMIT = 0.3
+"""anomalib's default false-positive-rate limit of AUPRO."""
+SEGMENTATION_THRESHOLD = 0.8
+"""Threshold on the per-image min-max normalised anomaly map (Skip-TS, Fig. 9(g))."""
 
 
 @dataclass(frozen=True)
@@ -104,14 +115,87 @@ def pixel_auroc(masks: Sequence[torch.Tensor], maps: Sequence[torch.Tensor]) -> 
     """
     if not masks:
         return math.nan
-    target = torch.cat([mask.flatten() for mask in masks]).to(torch.int64).clamp(max=1)
-    preds = torch.cat([amap.flatten() for amap in maps]).to(torch.float32)
-    if target.numel() != preds.numel():
-        msg = f"Masks ({target.numel()} pixels) and anomaly maps ({preds.numel()} pixels) differ in size."
-        raise ValueError(msg)
+    target, preds = _pixels(masks, maps)
     if target.min() == target.max():
         return math.nan
-    return float(binary_auroc(preds, target))
+    return float(binary_auroc(preds.flatten(), target.flatten().to(torch.int64)))
+
+
+def pixel_aupro(
+    masks: Sequence[torch.Tensor],
+    maps: Sequence[torch.Tensor],
+    fpr_limit: float = AUPRO_FPR_LIMIT,
+) -> float:
+    """Area under the per-region-overlap curve up to ``fpr_limit``, normalised (``anomalib.metrics.AUPRO``).
+
+    Every connected anomalous region of every mask counts alike, whatever its size, so small
+    lesions weigh as much as large ones.
+
+    Args:
+        masks: Ground-truth masks, one tensor ``(H, W)`` per image or ``(N, H, W)`` per batch.
+        maps: Anomaly maps of the same shapes.
+        fpr_limit: Upper bound of the false-positive rate (anomalib's default 0.3).
+
+    Returns:
+        float: AUPRO in [0, 1], or NaN when there are no masks or no anomalous pixels.
+    """
+    if not masks:
+        return math.nan
+    from anomalib.metrics import AUPRO
+
+    target, preds = _pixels(masks, maps)
+    if not target.any():
+        return math.nan
+    metric = AUPRO(fields=("anomaly_map", "gt_mask"), fpr_limit=fpr_limit)
+    metric.update(SimpleNamespace(anomaly_map=preds, gt_mask=target))
+    return float(metric.compute())
+
+
+def dice_at_threshold(
+    masks: Sequence[torch.Tensor],
+    maps: Sequence[torch.Tensor],
+    threshold: float = SEGMENTATION_THRESHOLD,
+) -> float:
+    """Mean Dice of the paper's segmentation over the test images that have an anomalous region.
+
+    Each map is min-max normalised over its own image and the pixels at or above ``threshold``
+    form the predicted region (Skip-TS, Sec. IV, Fig. 9(g): threshold 0.8); Dice =
+    2 |P & G| / (|P| + |G|). Images with an empty mask are left out (on them the per-image
+    normalisation always predicts some pixels, so Dice would be 0 by construction). A constant
+    map predicts its whole image.
+
+    Args:
+        masks: Ground-truth masks, one tensor ``(H, W)`` per image or ``(N, H, W)`` per batch.
+        maps: Anomaly maps of the same shapes.
+        threshold: Threshold on the normalised map.
+
+    Returns:
+        float: Mean Dice, or NaN when no image has an anomalous region.
+    """
+    if not masks:
+        return math.nan
+    target, preds = _pixels(masks, maps)
+    keep = target.flatten(1).any(dim=1)
+    if not keep.any():
+        return math.nan
+    target, preds = target[keep].flatten(1), preds[keep].flatten(1)
+    low = preds.min(dim=1, keepdim=True).values
+    span = preds.max(dim=1, keepdim=True).values - low
+    normalised = torch.where(span > 0, (preds - low) / span.clamp_min(torch.finfo(preds.dtype).tiny), 1.0)
+    predicted = normalised >= threshold
+    overlap = (predicted & target).sum(dim=1).double()
+    total = predicted.sum(dim=1).double() + target.sum(dim=1).double()
+    return float((2 * overlap / total).mean())
+
+
+def _pixels(masks: Sequence[torch.Tensor], maps: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack masks and maps into ``(N, H, W)`` boolean targets and float32 predictions."""
+    target = torch.cat([mask.reshape(-1, *mask.shape[-2:]) for mask in masks]).bool()
+    preds = torch.cat([amap.reshape(-1, *amap.shape[-2:]) for amap in maps]).to(torch.float32)
+    if target.shape != preds.shape:
+        msg = f"Masks {tuple(target.shape)} and anomaly maps {tuple(preds.shape)} differ in size."
+        raise ValueError(msg)
+    return target, preds
 
 
 def weighted_mean(values: Sequence[float], weights: Sequence[float]) -> float:

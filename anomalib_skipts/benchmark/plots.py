@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -66,7 +67,10 @@ def make_plots(
             if model_rows.empty:
                 continue
             predictions = _load_predictions(results_dir, model_rows)
-            thresholds = model_rows["youden_threshold"].tolist()
+            if not predictions:  # runs recorded without their predictions.csv
+                continue
+            kept = {seed for seed, _, _ in predictions}
+            thresholds = model_rows.loc[model_rows["seed"].isin(kept), "youden_threshold"].tolist()
             path = out / f"kde_{slug}_{slugify(model)}.png"
             written.append(plot_score_kde(predictions, thresholds, f"{model} scores: {dataset}", path))
         overlay = plot_overlays(results_dir, rows, models, f"Anomaly maps: {dataset}", out / f"overlays_{slug}.png")
@@ -171,7 +175,8 @@ def plot_overlays(
     """Anomaly maps of every model laid over the same few test images (lowest seed of each model).
 
     Each model's maps are min-max scaled over the images shown, so that the colours compare images
-    within a model; the raw image score is printed in each panel.
+    within a model; the raw image score is printed in each panel. Where the test set has masks,
+    the ground-truth region is outlined (white contour) on the image and on every map.
 
     Args:
         results_dir: Results folder.
@@ -184,6 +189,7 @@ def plot_overlays(
         Path | None: ``path``, or ``None`` when no run kept anomaly maps.
     """
     maps: dict[str, dict[str, tuple[int, float, np.ndarray]]] = {}
+    outlines: dict[str, np.ndarray] = {}
     for model in models:
         model_rows = rows[rows["model"] == model].sort_values("seed")
         if model_rows.empty:
@@ -196,6 +202,9 @@ def plot_overlays(
                 str(p): (int(lab), float(s), m.astype(np.float32))
                 for p, lab, s, m in zip(data["paths"], data["labels"], data["scores"], data["maps"], strict=True)
             }
+            if "masks" in data:
+                for image_path, mask in zip(data["paths"], data["masks"], strict=True):
+                    outlines.setdefault(str(image_path), mask.astype(bool))
     if not maps:
         return None
     first = next(iter(maps.values()))
@@ -214,11 +223,13 @@ def plot_overlays(
             axis = axes[row][column]
             axis.imshow(image, cmap="gray")
             axis.imshow((amap - low) / (high - low or 1.0), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            _outline(axis, outlines.get(image_path), amap.shape)
             axis.set_title(f"{model}\nscore {score:.3g}", fontsize=7)
     for row, image_path in enumerate(paths):
         label = first[image_path][0]
         axis = axes[row][0]
         axis.imshow(_load_image(image_path, first[image_path][2].shape), cmap="gray")
+        _outline(axis, outlines.get(image_path), first[image_path][2].shape)
         axis.set_title(f"{'abnormal' if label else 'normal'}\n{Path(image_path).name}", fontsize=7)
     for axis in axes.flat:
         axis.set_axis_off()
@@ -226,6 +237,13 @@ def plot_overlays(
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     return path
+
+
+def _outline(axis: Any, mask: np.ndarray | None, shape: tuple[int, ...]) -> None:
+    """Draw the contour of a ground-truth mask (nothing for a missing, empty or differently sized one)."""
+    if mask is None or mask.shape != tuple(shape[-2:]) or not mask.any() or mask.all():
+        return
+    axis.contour(mask.astype(np.float32), levels=[0.5], colors="white", linewidths=0.9)
 
 
 def _load_predictions(results_dir: Path, rows: pd.DataFrame) -> list[tuple[int, np.ndarray, np.ndarray]]:

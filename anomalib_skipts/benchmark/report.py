@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from .config import BenchmarkConfig, RunSpec
 from .metrics import plain_mean, weighted_mean
 from .runner import CONFIG_SNAPSHOT, RUNS_CSV, STATUS_OK
 
@@ -30,6 +31,8 @@ METRICS: dict[str, str] = {
     "image_f1": "Image F1 at the Youden threshold (%)",
     "image_accuracy": "Image accuracy at the Youden threshold (%)",
     "pixel_auroc": "Pixel AUROC (%)",
+    "pixel_aupro": "Pixel AUPRO, FPR limit 0.3 (%)",
+    "pixel_dice": "Dice at 0.8 on the per-image min-max normalised anomaly map (%)",
 }
 
 
@@ -157,19 +160,55 @@ def dataset_sizes(frame: pd.DataFrame) -> dict[str, int]:
     }
 
 
-def build_summary(results_dir: str | Path, plots: Sequence[Path] = (), command: str | None = None) -> str:
+def matching_runs(frame: pd.DataFrame, config: BenchmarkConfig) -> pd.DataFrame:
+    """Select the recorded runs made with a config's settings (every model, dataset and seed it names).
+
+    A row matches when its model and dataset are in the config and its ``spec_hash`` is the
+    fingerprint the config gives that model, dataset and seed; rows left over from other settings
+    (another protocol, changed ``init_args``) or from models removed from the config do not.
+
+    Args:
+        frame: The per-run table.
+        config: The benchmark config (all its models, whatever a command line selected).
+
+    Returns:
+        pd.DataFrame: The matching rows.
+    """
+    if frame.empty or "spec_hash" not in frame:
+        return frame
+    models = {model.name: model for model in config.models}
+    datasets = {dataset.name: dataset for dataset in config.datasets}
+
+    def matches(row: pd.Series) -> bool:
+        model, dataset = models.get(row["model"]), datasets.get(row["dataset"])
+        if model is None or dataset is None or pd.isna(row["seed"]):
+            return False
+        run = RunSpec(model=model, dataset=dataset, seed=int(row["seed"]), protocol=config.protocol)
+        return str(row["spec_hash"]) == run.fingerprint()
+
+    return frame[frame.apply(matches, axis=1)]
+
+
+def build_summary(
+    results_dir: str | Path,
+    plots: Sequence[Path] = (),
+    command: str | None = None,
+    config: BenchmarkConfig | None = None,
+) -> str:
     """Write ``summary.md`` and ``summary.csv`` for a results folder.
 
     Args:
         results_dir: Results folder with ``runs.csv``.
         plots: Figures to list in the summary.
         command: Command line shown in the summary; default: the one recorded with the runs.
+        config: When given, the summary covers exactly the recorded runs that match it
+            (:func:`matching_runs`), whichever command produced them; otherwise every recorded run.
 
     Returns:
         str: The Markdown text.
     """
     results_dir = Path(results_dir)
-    frame = pd.read_csv(results_dir / RUNS_CSV)
+    frame = _load_runs(results_dir, config)
     layout = ReportLayout.from_results(results_dir, frame)
     ok = frame[frame["status"] == STATUS_OK]
     models = [model for model in layout.models if model in set(frame["model"])]
@@ -178,6 +217,9 @@ def build_summary(results_dir: str | Path, plots: Sequence[Path] = (), command: 
 
     lines = [f"# Benchmark `{layout.name}`", ""]
     lines += _header(frame, ok, layout, command or layout.command)
+    left_out = len(pd.read_csv(results_dir / RUNS_CSV)) - len(frame)
+    if left_out:
+        lines[-1:-1] = [f"- Not included: {left_out} recorded run(s) made with other settings or models"]
     tables = []
     for metric, title in METRICS.items():
         if metric not in ok or ok[metric].astype(float).notna().sum() == 0:
@@ -210,12 +252,17 @@ def build_summary(results_dir: str | Path, plots: Sequence[Path] = (), command: 
     return text
 
 
-def write_report(results_dir: str | Path, command: str | None = None) -> tuple[Path, list[Path]]:
+def write_report(
+    results_dir: str | Path,
+    command: str | None = None,
+    config: BenchmarkConfig | None = None,
+) -> tuple[Path, list[Path]]:
     """Draw the figures and write the summary of a results folder.
 
     Args:
         results_dir: Results folder with ``runs.csv``.
         command: Command line that produced the results.
+        config: When given, report the recorded runs matching it (see :func:`build_summary`).
 
     Returns:
         tuple[Path, list[Path]]: The summary file and the figures.
@@ -223,11 +270,16 @@ def write_report(results_dir: str | Path, command: str | None = None) -> tuple[P
     from .plots import make_plots
 
     results_dir = Path(results_dir)
-    frame = pd.read_csv(results_dir / RUNS_CSV)
+    frame = _load_runs(results_dir, config)
     layout = ReportLayout.from_results(results_dir, frame)
     plots = make_plots(results_dir, frame, layout.models, layout.datasets, layout.kde_models)
-    build_summary(results_dir, plots, command)
+    build_summary(results_dir, plots, command, config)
     return results_dir / SUMMARY_MD, plots
+
+
+def _load_runs(results_dir: Path, config: BenchmarkConfig | None) -> pd.DataFrame:
+    frame = pd.read_csv(results_dir / RUNS_CSV)
+    return frame if config is None else matching_runs(frame, config)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -292,6 +344,9 @@ def _cost_table(ok: pd.DataFrame, models: Sequence[str], datasets: Sequence[str]
     header = ["model", "params", "trained params", "GFLOPs / image", "epochs"]
     header += [f"train time {dataset} (s)" for dataset in datasets]
     header += ["throughput (img/s)"]
+    titles = {"peak_rss_mb": "peak RSS (GB)", "peak_cuda_mb": "peak CUDA (GB)", "weights": "weights"}
+    extra = [column for column in titles if column in ok and ok[column].notna().any()]
+    header += [titles[column] for column in extra]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for model in models:
         rows = ok[ok["model"] == model]
@@ -308,13 +363,21 @@ def _cost_table(ok: pd.DataFrame, models: Sequence[str], datasets: Sequence[str]
             times = rows.loc[rows["dataset"] == dataset, "train_time_s"].astype(float)
             cells.append(_mean_std(times.to_numpy(), scale=1.0, digits=1) if len(times) else "—")
         cells.append(_mean_std(rows["throughput_ips"].astype(float).to_numpy(), scale=1.0, digits=1))
+        for column in extra:
+            if column == "weights":
+                cells.append(", ".join(f"`{value}`" for value in sorted(set(rows[column].dropna().astype(str)))) or "—")
+            else:  # the largest peak over the model's runs
+                peak = rows[column].astype(float).max()
+                cells.append(f"{peak / 1024:.2f}" if math.isfinite(peak) else "—")
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         "Params: all network parameters (frozen teacher / backbone included); trained params: those "
         "updated by the optimizer. FLOPs: torch's `FlopCounterMode` on one inference forward pass "
         "(1 multiply-add = 2 FLOPs). Throughput: network forward on pre-processed test batches, "
-        "data loading excluded.",
+        "data loading excluded. Peak RSS: largest resident memory of the run's process over the "
+        "model's runs; peak CUDA: `torch.cuda.max_memory_allocated`. Weights: the backbone / teacher "
+        "weights the model got (`<architecture>.<timm tag>`, or `random-init`).",
     ]
     return lines
 

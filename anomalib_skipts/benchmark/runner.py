@@ -4,7 +4,9 @@ Implements the evaluation protocol of Skip-TS (IEEE TIM 2024, Sec. IV): identica
 splits and seeds for every model, a fixed number of epochs and evaluation of the model as it is
 after the LAST epoch. Each finished run is written to ``runs.csv`` at once; a restart skips the
 runs already finished with the same settings; a failing run is recorded with its error and the
-others go on.
+others go on. Each run is executed in its own child process (:mod:`.isolation`) under optional
+time and memory limits, so that a run that crashes, is killed or runs out of memory is recorded as
+failed (with the signal, its peak memory and the last lines of its log) and the benchmark goes on.
 
 Per run, the model is built with ``post_processor=False, evaluator=False, visualizer=False`` so
 that the test loop returns raw anomaly scores and maps (anomalib's post-processor would clamp
@@ -24,6 +26,8 @@ import inspect
 import json
 import logging
 import math
+import pickle
+import sys
 import tempfile
 import time
 import traceback
@@ -38,6 +42,7 @@ import pandas as pd
 import yaml
 
 from .config import BenchmarkConfig, RunSpec
+from .isolation import MB, RunLimits, fix_mmap_threshold, peak_rss_bytes, reset_peak_rss, run_in_child
 
 if TYPE_CHECKING:
     import torch
@@ -49,6 +54,9 @@ logger = logging.getLogger(__name__)
 RUNS_CSV = "runs.csv"
 RUNS_DIR = "runs"
 CONFIG_SNAPSHOT = "config.yaml"
+RUN_JSON = "run.json"
+RUN_LOG = "run.log"
+ERROR_TXT = "error.txt"
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -188,8 +196,15 @@ def model_init_args(run: RunSpec, model_class: type[AnomalibModule]) -> dict[str
     parameters = inspect.signature(model_class).parameters
     protocol = run.protocol
     kwargs = dict(run.model.init_args)
-    if protocol.backbone is not None and "backbone" in parameters:
-        kwargs.setdefault("backbone", protocol.backbone)
+    if protocol.backbone is not None and "backbone" in parameters and "backbone" not in kwargs:
+        kwargs["backbone"] = protocol.backbone
+        if model_class.__name__ in _ARCHITECTURE_NAME_ONLY:
+            kwargs["backbone"] = protocol.backbone.partition(".")[0]
+            if encoder_swap(run, model_class) is not None:
+                kwargs["pre_trained"] = False  # built random, then given the tagged encoder (build_model)
+    if model_class.__name__ == "Padim" and "." in str(kwargs.get("backbone", "")):
+        # PaDiM looks its default feature count up by the untagged architecture name.
+        kwargs.setdefault("n_features", _padim_features(kwargs["backbone"]))
     if "pre_trained" in parameters:
         kwargs.setdefault("pre_trained", protocol.pre_trained)
     if "image_size" in parameters:
@@ -198,6 +213,84 @@ def model_init_args(run: RunSpec, model_class: type[AnomalibModule]) -> dict[str
         kwargs["pre_processor"] = _pre_processor(model_class, protocol.image_size)
     kwargs.update(post_processor=False, evaluator=False, visualizer=False)
     return kwargs
+
+
+_ARCHITECTURE_NAME_ONLY = frozenset({"ReverseDistillation"})
+"""Models that take an architecture name only: anomalib's RD picks its decoder and bottleneck by the
+exact name, so a timm tag cannot be passed; :func:`build_model` gives it the tagged encoder instead."""
+
+
+def encoder_swap(run: RunSpec, model_class: type[AnomalibModule]) -> str | None:
+    """Return the tagged backbone that replaces an architecture-name-only model's encoder, if any.
+
+    Applies when the protocol's backbone has a timm tag, the model's ``init_args`` set no backbone
+    and pretrained weights are wanted: anomalib's RD is then built with random weights and its
+    encoder (``model.encoder``, a ``TimmFeatureExtractor``) is rebuilt with the tagged weights, so
+    that it gets the same teacher weights as every other model.
+
+    Args:
+        run: The run.
+        model_class: The model class.
+
+    Returns:
+        str | None: The tagged backbone, or ``None``.
+    """
+    backbone = run.protocol.backbone
+    init_args = run.model.init_args
+    if model_class.__name__ not in _ARCHITECTURE_NAME_ONLY or backbone is None or "." not in backbone:
+        return None
+    if "backbone" in init_args or not init_args.get("pre_trained", run.protocol.pre_trained):
+        return None
+    return backbone
+
+
+def _swap_encoder(model: AnomalibModule, backbone: str) -> None:
+    from anomalib.models.components import TimmFeatureExtractor
+
+    encoder = model.model.encoder
+    model.model.encoder = TimmFeatureExtractor(backbone=backbone, pre_trained=True, layers=list(encoder.layers))
+
+
+def _padim_features(backbone: str) -> int | None:
+    from anomalib.models.image.padim import torch_model
+
+    return getattr(torch_model, "_N_FEATURES_DEFAULTS", {}).get(backbone.partition(".")[0])
+
+
+def backbone_weights(model_class: type[AnomalibModule], kwargs: dict[str, Any]) -> str:
+    """Say which backbone / teacher weights a model gets from its constructor arguments.
+
+    Args:
+        model_class: The model class.
+        kwargs: Its constructor arguments (:func:`model_init_args`).
+
+    Returns:
+        str: ``<architecture>.<timm tag>`` of the pretrained weights (the tag timm or the model
+        resolves an untagged name to), ``random-init`` when ``pre_trained`` is off, or an empty
+        string for a model without a ``backbone`` argument. STFPM always loads pretrained weights
+        for its teacher (its student is random), so its entry is the teacher's.
+    """
+    parameters = inspect.signature(model_class).parameters
+    if "backbone" not in parameters:
+        return ""
+    backbone = kwargs.get("backbone", parameters["backbone"].default)
+    if not isinstance(backbone, str):
+        return type(backbone).__name__
+    pre_trained = kwargs.get("pre_trained", parameters["pre_trained"].default if "pre_trained" in parameters else True)
+    if not pre_trained:
+        return "random-init"
+    if "." in backbone:
+        return backbone
+    if model_class.__name__ == "SkipTS":  # Skip-TS resolves an untagged name itself (to tv_in1k)
+        with contextlib.suppress(ImportError):
+            module = importlib.import_module(model_class.__module__.rsplit(".", 1)[0] + ".torch_model")
+            resolve = getattr(module, "resolve_backbone", None)
+            if callable(resolve):
+                return str(resolve(backbone))
+    import timm.models
+
+    config = timm.models.get_pretrained_cfg(backbone)
+    return f"{backbone}.{config.tag}" if config is not None and config.tag else backbone
 
 
 def build_model(run: RunSpec) -> AnomalibModule:
@@ -214,8 +307,26 @@ def build_model(run: RunSpec) -> AnomalibModule:
     model_class = resolve_model_class(run.model.class_path)
     kwargs = model_init_args(run, model_class)
     if "." not in run.model.class_path and model_class in AnomalibModule.__subclasses__():
-        return get_model(model_class.__name__, **kwargs)
-    return model_class(**kwargs)
+        model = get_model(model_class.__name__, **kwargs)
+    else:
+        model = model_class(**kwargs)
+    swap = encoder_swap(run, model_class)
+    if swap is not None:
+        _swap_encoder(model, swap)
+    return model
+
+
+def run_weights(run: RunSpec, model_class: type[AnomalibModule]) -> str:
+    """Say which backbone / teacher weights a run's model gets (the ``weights`` column).
+
+    Args:
+        run: The run.
+        model_class: The model class.
+
+    Returns:
+        str: See :func:`backbone_weights`; the swapped-in encoder's tag for RD (:func:`encoder_swap`).
+    """
+    return encoder_swap(run, model_class) or backbone_weights(model_class, model_init_args(run, model_class))
 
 
 def resolve_datamodule_class(class_path: str) -> type[AnomalibDataModule]:
@@ -345,7 +456,7 @@ def _callbacks() -> tuple[type, type]:
             self.paths: list[str] = []
             self.masks: list[torch.Tensor] = []
             self.mask_maps: list[torch.Tensor] = []
-            self.overlays: list[tuple[str, int, float, np.ndarray]] = []
+            self.overlays: list[tuple[str, int, float, np.ndarray, np.ndarray | None]] = []
 
         def on_test_batch_end(
             self,
@@ -377,17 +488,29 @@ def _callbacks() -> tuple[type, type]:
             if masks is not None and maps is not None:
                 masks = masks.detach().cpu().reshape(maps.shape[0], *masks.shape[-2:])
                 if masks.shape[-2:] == maps.shape[-2:]:
-                    self.masks.append(masks.to(torch.bool))
+                    masks = masks.to(torch.bool)
+                    # Kept compactly (bool, float16) for pixel AUROC / AUPRO / Dice over the whole test set.
+                    self.masks.append(masks)
                     self.mask_maps.append(maps.to(torch.float16))
+                else:
+                    masks = None
             if maps is not None:
-                self._keep_overlays(paths, labels.tolist(), scores.tolist(), maps)
+                self._keep_overlays(paths, labels.tolist(), scores.tolist(), maps, masks)
 
-        def _keep_overlays(self, paths: list[str], labels: list[int], scores: list[float], maps: Any) -> None:
+        def _keep_overlays(
+            self,
+            paths: list[str],
+            labels: list[int],
+            scores: list[float],
+            maps: Any,
+            masks: Any,
+        ) -> None:
             for index, (path, label, score) in enumerate(zip(paths, labels, scores, strict=True)):
                 kept = sum(1 for item in self.overlays if item[1] == label)
                 limit = self.overlay_abnormal if label == 1 else self.overlay_normal
                 if kept < limit:
-                    self.overlays.append((path, label, score, maps[index].numpy().astype(np.float16)))
+                    mask = masks[index].numpy() if masks is not None else None
+                    self.overlays.append((path, label, score, maps[index].numpy().astype(np.float16), mask))
 
     return LastEpochGuard, TestCollector
 
@@ -433,8 +556,11 @@ def execute_run(run: RunSpec, run_dir: Path) -> dict[str, Any]:
         dict[str, Any]: The run's row for ``runs.csv``.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "error.txt").unlink(missing_ok=True)
+    (run_dir / ERROR_TXT).unlink(missing_ok=True)
     row = _base_row(run)
+    fix_mmap_threshold()  # no heap fragmentation by large temporaries (PatchCore's coreset: isolation.py)
+    reset_peak_rss()
+    _reset_cuda_peak()
     start = time.perf_counter()
     start_cpu = time.process_time()  # CPU time of all threads: independent of other load on the machine
     try:
@@ -444,14 +570,96 @@ def execute_run(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     except Exception as error:
         row["status"] = STATUS_FAILED
         row["error"] = f"{type(error).__name__}: {error}".replace("\n", " ")[:500]
-        (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        (run_dir / ERROR_TXT).write_text(traceback.format_exc(), encoding="utf-8")
     finally:
         gc.collect()
     row["duration_s"] = round(time.perf_counter() - start, 3)
     row["cpu_time_s"] = round(time.process_time() - start_cpu, 3)
+    row["peak_rss_mb"] = round(peak_rss_bytes() / MB, 1)
+    row["peak_cuda_mb"] = _cuda_peak_mb()
     row["finished_at"] = _now()
-    (run_dir / "run.json").write_text(json.dumps(row, indent=2, default=str), encoding="utf-8")
+    (run_dir / RUN_JSON).write_text(json.dumps(row, indent=2, default=str), encoding="utf-8")
     return row
+
+
+def execute_isolated(
+    run: RunSpec,
+    run_dir: Path,
+    limits: RunLimits | None = None,
+    execute: Callable[[RunSpec, Path], dict[str, Any]] = execute_run,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``execute(run, run_dir)`` in a child process under time and memory limits.
+
+    A run that ends normally returns the row its child wrote. A run whose process crashes, is
+    killed (a signal, the out-of-memory killer) or goes over a limit gets a failed row whose
+    ``error`` says why, with its peak memory and the last lines of its log; the full log tail is
+    in ``error.txt`` and the child's whole output in ``run.log``.
+
+    Args:
+        run: The run.
+        run_dir: Folder for the run's artifacts.
+        limits: Time and memory limits (default: none).
+        execute: Module-level function executing the run in the child (default :func:`execute_run`).
+        log: Receives "still running" progress lines.
+
+    Returns:
+        dict[str, Any]: The run's row for ``runs.csv``.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_JSON).unlink(missing_ok=True)
+    started_at = _now()
+
+    def heartbeat(elapsed: float, rss: int) -> None:
+        if log is not None:
+            log(f"    {run.run_id} still running: {_format_duration(elapsed)} elapsed, resident {rss / 1024**3:.2f} GB")
+
+    limits = limits or RunLimits()
+    outcome = run_in_child(_child_main, (execute, run, run_dir), run_dir / RUN_LOG, limits, heartbeat)
+    result = run_dir / RUN_JSON
+    if result.is_file():  # the run wrote its row: it finished (a crash while the process exits costs nothing)
+        row = json.loads(result.read_text(encoding="utf-8"))
+        row.setdefault("peak_rss_mb", round(outcome.peak_rss_bytes / MB, 1))
+        row["exit_code"] = outcome.exitcode
+        return row
+    reason = outcome.reason or "the run's process exited without writing its result"
+    peak = f"peak resident memory {outcome.peak_rss_bytes / 1024**3:.2f} GB"
+    last = " | ".join(outcome.log_tail[-3:])
+    row = _base_row(run)
+    row.update(
+        started_at=started_at,
+        status=STATUS_FAILED,
+        error=(f"{reason}; {peak}" + (f"; last log lines: {last}" if last else "")).replace("\n", " ")[:500],
+        exit_code=outcome.exitcode,
+        duration_s=round(outcome.elapsed_s, 3),
+        peak_rss_mb=round(outcome.peak_rss_bytes / MB, 1),
+        finished_at=_now(),
+    )
+    details = [f"{reason}; {peak} after {outcome.elapsed_s:.1f} s.", "", f"Last lines of {RUN_LOG}:", ""]
+    (run_dir / ERROR_TXT).write_text("\n".join([*details, *outcome.log_tail, ""]), encoding="utf-8")
+    (run_dir / RUN_JSON).write_text(json.dumps(row, indent=2, default=str), encoding="utf-8")
+    return row
+
+
+def _child_main(execute: Callable[[RunSpec, Path], dict[str, Any]], run: RunSpec, run_dir: Path) -> None:
+    """Child side of :func:`execute_isolated`: run and write the row (``run.json``) for the parent."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(asctime)s %(name)s %(message)s")
+    row = execute(run, run_dir)
+    (run_dir / RUN_JSON).write_text(json.dumps(row, indent=2, default=str), encoding="utf-8")
+
+
+def _reset_cuda_peak() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _cuda_peak_mb() -> float:
+    """Peak CUDA memory allocated by tensors during the run (NaN when CUDA was not used)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return math.nan
+    return round(torch.cuda.max_memory_allocated() / MB, 1)
 
 
 def _base_row(run: RunSpec) -> dict[str, Any]:
@@ -479,7 +687,7 @@ def _train_and_test(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     from lightning.pytorch import seed_everything
 
     from .cost import count_flops, count_parameters, describe_device, measure_throughput
-    from .metrics import image_metrics, pixel_auroc
+    from .metrics import dice_at_threshold, image_metrics, pixel_aupro, pixel_auroc
 
     guard_class, collector_class = _callbacks()
     seed_everything(run.seed, workers=True, verbose=False)
@@ -527,13 +735,15 @@ def _train_and_test(run: RunSpec, run_dir: Path) -> dict[str, Any]:
         index=False,
     )
     if collector.overlays:
-        np.savez_compressed(
-            run_dir / "anomaly_maps.npz",
-            paths=np.asarray([item[0] for item in collector.overlays]),
-            labels=np.asarray([item[1] for item in collector.overlays]),
-            scores=np.asarray([item[2] for item in collector.overlays]),
-            maps=np.stack([item[3] for item in collector.overlays]),
-        )
+        arrays = {
+            "paths": np.asarray([item[0] for item in collector.overlays]),
+            "labels": np.asarray([item[1] for item in collector.overlays]),
+            "scores": np.asarray([item[2] for item in collector.overlays]),
+            "maps": np.stack([item[3] for item in collector.overlays]),
+        }
+        if all(item[4] is not None for item in collector.overlays):
+            arrays["masks"] = np.stack([item[4] for item in collector.overlays])
+        np.savez_compressed(run_dir / "anomaly_maps.npz", **arrays)
     pairs = sorted(zip(collector.paths, labels.tolist(), strict=True))
     listing = "\n".join(f"{path}\t{label}" for path, label in pairs)
     result = {
@@ -544,6 +754,8 @@ def _train_and_test(run: RunSpec, run_dir: Path) -> dict[str, Any]:
         "youden_tpr": metrics.tpr,
         "youden_fpr": metrics.fpr,
         "pixel_auroc": pixel_auroc(collector.masks, collector.mask_maps),
+        "pixel_aupro": pixel_aupro(collector.masks, collector.mask_maps),
+        "pixel_dice": dice_at_threshold(collector.masks, collector.mask_maps),
         "n_train": len(datamodule.train_data),
         "n_test": len(labels),
         "n_test_normal": int((labels == 0).sum()),
@@ -559,6 +771,7 @@ def _train_and_test(run: RunSpec, run_dir: Path) -> dict[str, Any]:
         "flops_per_image": flops,
         "device": describe_device(device),
         "torch_threads": torch.get_num_threads(),
+        "weights": run_weights(run, model_class),
         "init_args": json.dumps(init_args, sort_keys=True, default=str),
     }
     del engine, model, datamodule, network, batches, optimizers
@@ -626,9 +839,16 @@ class BenchmarkRunner:
         config: The benchmark.
         retry_failed: Run again the runs recorded as failed (default). With ``False`` a restart skips
             them too.
-        execute: Function running one run (for tests); defaults to :func:`execute_run`.
+        execute: Function running one run (for tests); defaults to :func:`execute_run`. With
+            isolation it must be a module-level function (it is sent to the child by reference).
         log: Function printing progress lines; defaults to the module logger.
         command: Command line that started the benchmark, kept in the config snapshot for the report.
+        report_config: The config the results folder's summary covers, written to its snapshot
+            (default ``config``); the command line passes the config before ``--models`` /
+            ``--datasets`` selected some of it, so that the summary keeps every model.
+        isolate: Run each run in a child process (default: the config's ``isolate``).
+        limits: Time and memory limits per run (default: the config's ``run_timeout`` and
+            ``run_memory_limit``); used only with isolation.
 
     Example:
         >>> from anomalib_skipts.benchmark import BenchmarkRunner, load_config
@@ -643,13 +863,31 @@ class BenchmarkRunner:
         execute: Callable[[RunSpec, Path], dict[str, Any]] = execute_run,
         log: Callable[[str], None] | None = None,
         command: str | None = None,
+        report_config: BenchmarkConfig | None = None,
+        isolate: bool | None = None,
+        limits: RunLimits | None = None,
     ) -> None:
         self.config = config
+        self.report_config = report_config or config
         self.command = command
         self.retry_failed = retry_failed
         self.execute = execute
         self.log = log or logger.info
         self.store = ResultStore(config.output_dir)
+        self.isolate = config.isolate if isolate is None else isolate
+        self.limits = limits or RunLimits(timeout_s=config.run_timeout, memory_limit_gb=config.run_memory_limit)
+        if not self.isolate and (self.limits.timeout_s is not None or self.limits.memory_limit_gb is not None):
+            msg = "Time and memory limits need isolated runs (isolate: true / no --no-isolation)."
+            raise ValueError(msg)
+        if self.isolate:
+            try:
+                pickle.dumps(execute)
+            except (pickle.PicklingError, AttributeError, TypeError) as error:
+                msg = (
+                    f"execute={execute!r} cannot be sent to a child process ({error}): give a module-level "
+                    "function, or isolate=False to run in this process."
+                )
+                raise ValueError(msg) from error
 
     def run(self) -> pd.DataFrame:
         """Execute every run not finished yet.
@@ -660,13 +898,15 @@ class BenchmarkRunner:
         runs = self.config.runs()
         total = len(runs)
         self.config.output_dir.mkdir(parents=True, exist_ok=True)
-        write_config_snapshot(self.config, self.command)
+        write_config_snapshot(self.report_config, self.command)
         pending = [run for run in runs if not self.store.finished(run, self.retry_failed)]
         self.log(
             f"Benchmark {self.config.name!r}: {total} runs ({len(self.config.models)} models x "
             f"{len(self.config.datasets)} datasets x {len(self.config.seeds)} seeds), "
             f"{total - len(pending)} already finished, results in {self.config.output_dir}",
         )
+        if self.isolate:
+            self.log(f"Each run in its own process; limits per run: {_describe_limits(self.limits)}")
         done_now = 0
         for index, run in enumerate(runs, start=1):
             if run not in pending:
@@ -680,7 +920,11 @@ class BenchmarkRunner:
                 f"[run {index}/{total}] model={run.model.name} dataset={run.dataset.name} seed={run.seed} "
                 f"({done_now + 1}/{len(pending)} to run) ETA {eta}",
             )
-            row = self.execute(run, self.config.output_dir / RUNS_DIR / run.run_id)
+            run_dir = self.config.output_dir / RUNS_DIR / run.run_id
+            if self.isolate:
+                row = execute_isolated(run, run_dir, self.limits, self.execute, self.log)
+            else:
+                row = self.execute(run, run_dir)
             self.store.record(row)
             done_now += 1
             self.log(f"[run {index}/{total}] {_outcome(row)}")
@@ -725,11 +969,22 @@ def write_config_snapshot(config: BenchmarkConfig, command: str | None = None) -
 def _outcome(row: dict[str, Any]) -> str:
     if row.get("status") != STATUS_OK:
         return f"FAILED after {row.get('duration_s', 0):.1f}s: {row.get('error', '')}"
+    memory = f", peak resident {row['peak_rss_mb'] / 1024:.2f} GB" if _finite(row.get("peak_rss_mb")) else ""
     return (
         f"done in {row['duration_s']:.1f}s: image AUROC {row['image_auroc']:.3f}, "
         f"F1 {row['image_f1']:.3f}, accuracy {row['image_accuracy']:.3f} "
-        f"(train {row['train_time_s']:.1f}s, {row['throughput_ips']:.1f} img/s)"
+        f"(train {row['train_time_s']:.1f}s, {row['throughput_ips']:.1f} img/s{memory})"
     )
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _describe_limits(limits: RunLimits) -> str:
+    time_limit = _format_duration(limits.timeout_s) if limits.timeout_s is not None else "none"
+    memory = f"{limits.memory_limit_gb:g} GB" if limits.memory_limit_gb is not None else "none"
+    return f"time {time_limit}, memory {memory}"
 
 
 def _format_duration(seconds: float) -> str:

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -33,7 +34,8 @@ def test_command_end_to_end_and_restart(make_config, tmp_path: Path, capsys: pyt
     models = ["SkipTS", "Padim", {"name": "Broken", "class_path": "Padim", "init_args": {"backbone": "nope"}}]
     path = _write_yaml(make_config, tmp_path, models=models)
     out = tmp_path / "results"
-    assert main(["--config", str(path)]) == 0
+    # In-process (--no-isolation) to keep the test short; test_isolation runs real runs in children.
+    assert main(["--config", str(path), "--no-isolation"]) == 0
     log = capsys.readouterr().out
     assert "[run 1/3] model=SkipTS dataset=Tiny seed=0" in log
     assert "ETA" in log
@@ -44,15 +46,26 @@ def test_command_end_to_end_and_restart(make_config, tmp_path: Path, capsys: pyt
         "Broken": "failed",
     }
     summary = (out / "summary.md").read_text()
-    for heading in ("Image AUROC", "Image F1 at the Youden threshold", "Image accuracy", "Pixel AUROC", "Cost"):
+    headings = ("Image AUROC", "Image F1 at the Youden threshold", "Image accuracy", "Pixel AUROC", "Cost")
+    for heading in (*headings, "Pixel AUPRO, FPR limit 0.3", "Dice at 0.8 on the per-image min-max"):
         assert heading in summary
+    ok = frame[frame["status"] == "ok"]
+    for column in ("pixel_auroc", "pixel_aupro", "pixel_dice"):
+        assert ok[column].between(0, 1).all(), column  # the tiny dataset has masks
+    assert (ok["peak_rss_mb"] > 100).all()  # measured in each run's own process
+    assert set(ok["weights"]) == {"random-init"}  # smoke protocol: resnet18, pre_trained false
+    assert "peak RSS (GB)" in summary
+    assert "`random-init`" in summary
+    with np.load(out / "runs" / "Padim__Tiny__seed0" / "anomaly_maps.npz") as maps:
+        assert maps["masks"].shape == maps["maps"].shape
+        assert maps["masks"][maps["labels"] == 1].any()
     assert "| Broken__Tiny__seed0 |" in summary
     for name in ("roc_Tiny.png", "kde_Tiny_SkipTS.png", "overlays_Tiny.png"):
         assert (out / "plots" / name).stat().st_size > 1000
         assert f"plots/{name}" in summary
 
     finished = frame.set_index("run_id")["finished_at"]
-    assert main(["--config", str(path), "--strict"]) == 1  # Broken is retried, fails again
+    assert main(["--config", str(path), "--strict", "--no-isolation"]) == 1  # Broken is retried, fails again
     log = capsys.readouterr().out
     assert log.count("already finished: skipped") == 2
     again = pd.read_csv(out / "runs.csv").set_index("run_id")["finished_at"]
@@ -63,7 +76,7 @@ def test_command_end_to_end_and_restart(make_config, tmp_path: Path, capsys: pyt
     (out / "summary.md").unlink()
     assert main(["--config", str(path), "--report-only"]) == 0
     rebuilt = (out / "summary.md").read_text()
-    assert f"Command: `skipts-benchmark --config {path} --strict`" in rebuilt  # recorded with the runs
+    assert f"Command: `skipts-benchmark --config {path} --strict --no-isolation`" in rebuilt  # recorded with the runs
 
 
 def test_python_dash_m_entry_point() -> None:
@@ -159,3 +172,65 @@ def test_summary_table_iv_layout(tmp_path: Path) -> None:
     assert "| KD__Small__seed0 | no weights |" in text
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert set(summary["column"]) == {"Small", "Average", "Weighted average"}
+
+
+def test_rerun_of_one_model_keeps_every_finished_model_in_the_summary(make_config, tmp_path: Path) -> None:
+    models = ["SkipTS", "Padim", "Patchcore"]
+    path = _write_yaml(make_config, tmp_path, models=models)
+    out = tmp_path / "results"
+    out.mkdir()
+    config = parse_config(yaml.safe_load(path.read_text()))
+    runs = {run.model.name: run for run in config.runs()}
+    # SkipTS and Patchcore finished earlier; a Patchcore row of other settings (another epoch count) is stale.
+    frame = _runs([("SkipTS", "Tiny", 0, 0.61, 8), ("Patchcore", "Tiny", 0, 0.73, 8), ("Patchcore", "Tiny", 0, 0.2, 8)])
+    frame["spec_hash"] = [runs["SkipTS"].fingerprint(), runs["Patchcore"].fingerprint(), "0123456789abcdef"]
+    frame.loc[2, "run_id"] = "Patchcore__Tiny__seed0_old"
+    frame.to_csv(out / "runs.csv", index=False)
+
+    assert main(["--config", str(path), "--models", "Padim", "--no-isolation"]) == 0
+    recorded = pd.read_csv(out / "runs.csv")
+    assert sorted(recorded["model"]) == ["Padim", "Patchcore", "Patchcore", "SkipTS"]  # only Padim was run
+    summary = (out / "summary.md").read_text()
+    auroc = summary.split("## Image AUROC")[1].split("##")[0]
+    for model, value in (("SkipTS", "61.0"), ("Patchcore", "73.0")):
+        assert f"| {model} | {value} (n=1)" in auroc
+    assert "| Padim |" in auroc
+    assert "20.0" not in auroc  # the stale row is not averaged in
+    assert "Not included: 1 recorded run(s) made with other settings or models" in summary
+    assert set(pd.read_csv(out / "summary.csv")["model"]) == {"SkipTS", "Padim", "Patchcore"}
+
+    (out / "summary.md").unlink()
+    assert main(["--config", str(path), "--report-only", "--models", "SkipTS"]) == 0
+    assert (out / "summary.md").read_text().split("## Image AUROC")[1].split("##")[0] == auroc
+
+
+def test_overlay_outlines_the_ground_truth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from anomalib_skipts.benchmark.plots import plot_overlays
+
+    mask = np.zeros((16, 16), dtype=bool)
+    mask[4:9, 5:11] = True
+    run_dir = tmp_path / "runs" / "A__D__seed0"
+    run_dir.mkdir(parents=True)
+    arrays = {
+        "paths": np.asarray(["missing_abnormal.png", "missing_normal.png"]),
+        "labels": np.asarray([1, 0]),
+        "scores": np.asarray([2.0, 0.5]),
+        "maps": np.stack([mask.astype(np.float16), np.zeros((16, 16), np.float16)]),
+    }
+    np.savez_compressed(run_dir / "anomaly_maps.npz", **arrays, masks=np.stack([mask, np.zeros_like(mask)]))
+    rows = pd.DataFrame([{"model": "A", "seed": 0, "run_id": "A__D__seed0"}])
+    drawn: list[int] = []
+    from matplotlib.axes import Axes
+
+    original = Axes.contour
+
+    def contour(self, *args, **kwargs):
+        drawn.append(int(np.asarray(args[0]).sum()))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "contour", contour)
+    assert plot_overlays(tmp_path, rows, ["A"], "t", tmp_path / "o.png") == tmp_path / "o.png"
+    assert drawn == [mask.sum(), mask.sum()]  # on the model's map and on the image, abnormal row only
+    (run_dir / "anomaly_maps.npz").unlink()
+    np.savez_compressed(run_dir / "anomaly_maps.npz", **arrays)  # older runs without masks still plot
+    assert plot_overlays(tmp_path, rows, ["A"], "t", tmp_path / "o2.png") is not None

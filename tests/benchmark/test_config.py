@@ -18,7 +18,7 @@ def _data(**overrides: object) -> dict:
 def test_named_protocols() -> None:
     paper = get_protocol("paper")
     assert paper.image_size == (256, 256)
-    assert paper.backbone == "wide_resnet50_2"
+    assert paper.backbone == "wide_resnet50_2.tv_in1k"  # torchvision weights, as in the authors code
     assert paper.pre_trained is True
     assert paper.max_epochs == 200
     assert paper.train_batch_size == 16

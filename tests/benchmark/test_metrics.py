@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from anomalib_skipts.benchmark.metrics import image_metrics, pixel_auroc, plain_mean, weighted_mean, youden_threshold
+from anomalib_skipts.benchmark.metrics import (
+    dice_at_threshold,
+    image_metrics,
+    pixel_aupro,
+    pixel_auroc,
+    plain_mean,
+    weighted_mean,
+    youden_threshold,
+)
 
 
 def test_youden_threshold_maximises_tpr_minus_fpr() -> None:
@@ -75,3 +83,61 @@ def test_pixel_auroc() -> None:
     assert pixel_auroc(masks, maps) == pytest.approx(1.0)
     assert math.isnan(pixel_auroc([], []))
     assert math.isnan(pixel_auroc([torch.zeros(1, 2, 2)], [torch.rand(1, 2, 2)]))
+
+
+def _region_case() -> tuple[torch.Tensor, torch.Tensor]:
+    """One 10-pixel region among 100 normal pixels; 15 normal pixels score above the whole region."""
+    mask = torch.zeros(1, 10, 11, dtype=torch.bool)
+    mask[0, 0, :10] = True
+    amap = torch.zeros(1, 10, 11)
+    amap[0, 0, :10] = 0.5
+    amap[0, 5, :] = 0.9  # 11 normal pixels
+    amap[0, 6, :4] = 0.9  # 4 more: FPR 15 / 100 before any region pixel is detected
+    return mask, amap
+
+
+def test_aupro_known_values() -> None:
+    mask, amap = _region_case()
+    # PRO is 0 up to FPR 0.15, then 1: the area up to FPR 0.3 is 0.15, normalised by 0.3 -> 0.5.
+    assert pixel_aupro([mask], [amap]) == pytest.approx(0.5, abs=1e-6)
+    assert pixel_aupro([mask], [mask.float()]) == pytest.approx(1.0)
+    assert pixel_aupro([mask], [1 - mask.float()]) == pytest.approx(0.0)
+    # Limit 0.6: area 0.45 / 0.6.
+    assert pixel_aupro([mask], [amap], fpr_limit=0.6) == pytest.approx(0.75, abs=1e-6)
+    assert math.isnan(pixel_aupro([torch.zeros(1, 4, 4, dtype=torch.bool)], [torch.rand(1, 4, 4)]))
+    assert math.isnan(pixel_aupro([], []))
+
+
+def test_aupro_weighs_every_region_alike() -> None:
+    # Two regions, one of 1 pixel and one of 9 pixels; only the large one is detected at low FPR.
+    mask = torch.zeros(1, 12, 12, dtype=torch.bool)
+    mask[0, 0, 0] = True
+    mask[0, 5:8, 5:8] = True
+    amap = torch.zeros(1, 12, 12)
+    amap[0, 5:8, 5:8] = 1.0  # large region found first, small one scores like the background
+    # PRO jumps to 0.5 (one region of two) at FPR 0 and reaches 1 only at FPR 1 (the small region is
+    # tied with the background), linearly in between: PRO(0.3) = 0.65, area (0.5 + 0.65) / 2 * 0.3 / 0.3.
+    assert pixel_aupro([mask], [amap]) == pytest.approx(0.575, abs=1e-6)
+    # Pixel AUROC, by contrast, is dominated by the large region.
+    assert pixel_auroc([mask], [amap]) > 0.9
+
+
+def test_dice_at_the_papers_threshold() -> None:
+    mask = torch.zeros(2, 4, 4, dtype=torch.bool)
+    mask[:, 0, :] = True  # 4 pixels per image
+    amap = torch.zeros(2, 4, 4)
+    amap[0, 0, :] = 1.0
+    amap[0, 1, :] = 0.85  # 4 more pixels >= 0.8 after normalisation: Dice 2*4 / (8 + 4) = 2/3
+    amap[1, 0, :] = 1.0
+    amap[1, 1, :] = 0.75  # below 0.8: prediction = mask, Dice 1
+    assert dice_at_threshold([mask], [amap]) == pytest.approx((2 / 3 + 1) / 2)
+    # The normalisation is per image: scaling and shifting a map does not change its segmentation.
+    assert dice_at_threshold([mask], [amap * 7 + 100]) == pytest.approx((2 / 3 + 1) / 2)
+    assert dice_at_threshold([mask[:1]], [amap[:1]], threshold=0.9) == pytest.approx(1.0)
+    # Images without an anomalous region are left out; a constant map predicts its whole image.
+    normal = torch.zeros(1, 4, 4, dtype=torch.bool)
+    assert dice_at_threshold([mask[:1], normal], [amap[:1], torch.rand(1, 4, 4)]) == pytest.approx(2 / 3)
+    assert dice_at_threshold([mask[:1]], [torch.ones(1, 4, 4)]) == pytest.approx(2 * 4 / (16 + 4))
+    assert math.isnan(dice_at_threshold([normal], [torch.rand(1, 4, 4)]))
+    with pytest.raises(ValueError, match="differ in size"):
+        dice_at_threshold([mask], [amap[:, :2]])

@@ -118,3 +118,49 @@ def test_protocol_fills_backbone_and_size_but_keeps_explicit_args(make_config) -
     model = build_model(rd)
     assert type(model).__name__ == "ReverseDistillation"
     assert model.input_size == (64, 64)
+
+
+def test_paper_protocol_gives_every_backbone_model_the_same_weights_and_records_them() -> None:
+    from anomalib_skipts.benchmark.config import parse_config
+    from anomalib_skipts.benchmark.runner import resolve_model_class, run_weights
+
+    def weights(protocol: str) -> dict[str, tuple[str, str]]:
+        config = parse_config({"protocol": protocol, "datasets": [{"name": "D", "class_path": "anomalib.data.Folder"}]})
+        result = {}
+        for run in config.runs()[: len(config.models)]:
+            model_class = resolve_model_class(run.model.class_path)
+            result[run.model.name] = (model_init_args(run, model_class).get("backbone"), run_weights(run, model_class))
+        return result
+
+    paper = weights("paper")
+    assert {name: entry[1] for name, entry in paper.items()} == dict.fromkeys(
+        ["SkipTS", "Padim", "Patchcore", "Stfpm", "ReverseDistillation"], "wide_resnet50_2.tv_in1k"
+    )
+    assert paper["ReverseDistillation"][0] == "wide_resnet50_2"  # RD's decoder is looked up by this name
+    quick = weights("cpu-quick")
+    assert quick["Padim"][1] == quick["SkipTS"][1] == quick["ReverseDistillation"][1] == "random-init"
+    assert quick["Stfpm"][1] == "resnet18.a1_in1k"  # STFPM's teacher is always pretrained (timm's default tag)
+
+
+def test_tagged_backbones_build_padim_and_give_rd_the_tagged_encoder(make_config, monkeypatch) -> None:
+    import anomalib.models.components as components
+
+    real = components.TimmFeatureExtractor
+    seen: list[tuple[str, bool]] = []
+
+    def offline(backbone: str, pre_trained: bool, layers: list[str]):  # records, never downloads
+        seen.append((backbone, pre_trained))
+        return real(backbone=backbone, pre_trained=False, layers=layers)
+
+    monkeypatch.setattr(components, "TimmFeatureExtractor", offline)
+    protocol = {"name": "smoke", "backbone": "resnet18.a1_in1k", "pre_trained": True}
+    config = make_config(models=["ReverseDistillation"], protocol=protocol)
+    model = build_model(config.runs()[0])
+    assert seen == [("resnet18.a1_in1k", True)]  # built random by name, then given the tagged encoder
+    assert model.model.encoder.backbone == "resnet18.a1_in1k"
+
+    padim_model = {"name": "P", "class_path": "Padim", "init_args": {"pre_trained": False}}
+    padim = make_config(models=[padim_model], protocol=protocol)
+    model = build_model(padim.runs()[0])  # n_features is filled in for the tagged name
+    assert model.model.backbone == "resnet18.a1_in1k"
+    assert model.model.n_features == 100

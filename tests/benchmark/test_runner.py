@@ -49,42 +49,42 @@ def test_each_run_is_recorded_immediately_and_restart_skips_finished(make_config
         seen_rows.append(len(store.load()))  # rows already on disk when this run starts
         return _fake_row(run)
 
-    BenchmarkRunner(config, execute=execute, log=lambda _: None).run()
+    BenchmarkRunner(config, isolate=False, execute=execute, log=lambda _: None).run()
     assert seen_rows == [0, 1, 2, 3]
     assert len(store.load()) == 4
 
     again = _Recorder()
     lines: list[str] = []
-    BenchmarkRunner(config, execute=again, log=lines.append).run()
+    BenchmarkRunner(config, isolate=False, execute=again, log=lines.append).run()
     assert again.calls == []
     assert sum("already finished: skipped" in line for line in lines) == 4
 
 
 def test_restart_reruns_changed_and_failed_runs(make_config) -> None:
     config = make_config(models=["Padim", "Patchcore"])
-    BenchmarkRunner(config, execute=_Recorder(fail={"Patchcore"}), log=lambda _: None).run()
+    BenchmarkRunner(config, isolate=False, execute=_Recorder(fail={"Patchcore"}), log=lambda _: None).run()
     frame = ResultStore(config.output_dir).load()
     assert dict(zip(frame["model"], frame["status"], strict=True)) == {"Padim": "ok", "Patchcore": "failed"}
 
     retry = _Recorder()
-    BenchmarkRunner(config, execute=retry, log=lambda _: None).run()
+    BenchmarkRunner(config, isolate=False, execute=retry, log=lambda _: None).run()
     assert retry.calls == ["Patchcore__Tiny__seed0"]  # failed runs are retried, finished ones not
     assert len(ResultStore(config.output_dir).load()) == 2  # the failed row was replaced
 
     no_retry = _Recorder()
-    BenchmarkRunner(config, execute=no_retry, retry_failed=False, log=lambda _: None).run()
+    BenchmarkRunner(config, isolate=False, execute=no_retry, retry_failed=False, log=lambda _: None).run()
     assert no_retry.calls == []
 
     changed = make_config(models=["Padim", "Patchcore"], protocol={"name": "smoke", "max_epochs": 2})
     rerun = _Recorder()
-    BenchmarkRunner(changed, execute=rerun, log=lambda _: None).run()
+    BenchmarkRunner(changed, isolate=False, execute=rerun, log=lambda _: None).run()
     assert rerun.calls == ["Padim__Tiny__seed0", "Patchcore__Tiny__seed0"]  # settings changed
 
 
 def test_progress_lines_and_eta(make_config) -> None:
     config = make_config(models=["Padim", "Patchcore"], seeds=[0, 1])
     lines: list[str] = []
-    BenchmarkRunner(config, execute=_Recorder(), log=lines.append).run()
+    BenchmarkRunner(config, isolate=False, execute=_Recorder(), log=lines.append).run()
     progress = [line for line in lines if "ETA" in line]
     assert progress[0].startswith("[run 1/4] model=Padim dataset=Tiny seed=0")
     assert "ETA unknown" in progress[0]
@@ -105,7 +105,7 @@ def test_failing_run_is_recorded_with_its_error_and_the_rest_go_on(make_config) 
     def execute(run: RunSpec, run_dir: Path) -> dict[str, Any]:
         return execute_run(run, run_dir) if run.model.name == "Broken" else fake(run, run_dir)
 
-    frame = BenchmarkRunner(config, execute=execute, log=lambda _: None).run()
+    frame = BenchmarkRunner(config, isolate=False, execute=execute, log=lambda _: None).run()
     rows = frame.set_index("run_id")
     for seed in (0, 1):
         broken = rows.loc[f"Broken__Tiny__seed{seed}"]
