@@ -148,3 +148,9 @@ def test_lightning_module_passes_the_option_through() -> None:
     module = SkipTS(backbone="resnet18", pre_trained=False, image_size=64, fold_batch_norm=False)
     assert _count_batch_norms(module.model.inference_teacher()) > 0
     assert module.hparams["fold_batch_norm"] is False
+
+
+def test_model_built_under_inference_mode_runs() -> None:
+    with torch.inference_mode():  # parameters are then inference tensors, without version counters
+        model = SkipTSModel("resnet18", input_size=SIZE, pre_trained=False).eval()
+        assert model(torch.rand(1, 3, *SIZE)).anomaly_map.shape == (1, 1, *SIZE)

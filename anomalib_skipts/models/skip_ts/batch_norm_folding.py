@@ -69,7 +69,8 @@ def fold_batch_norm(module: nn.Module) -> int:
 def _state_key(module: nn.Module) -> tuple:
     """Return what changes when a parameter or buffer of ``module`` is replaced or modified in place."""
     return tuple(
-        (id(tensor), tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device)
+        # inference tensors (a module built under torch.inference_mode) have no version counter
+        (id(tensor), tensor.data_ptr(), -1 if tensor.is_inference() else tensor._version, tensor.dtype, tensor.device)
         for tensor in (*module.parameters(), *module.buffers())
     )
 
