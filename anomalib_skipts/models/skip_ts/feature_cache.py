@@ -225,11 +225,8 @@ class TeacherFeatureCache:
                 )
                 raise FeatureCacheStaleError(msg)
         if missing:
-            computed = compute(images[missing])
-            new = [
-                [feature[position].detach().to("cpu", self.dtype) for feature in computed]
-                for position in range(len(missing))
-            ]
+            computed = [feature.detach().to("cpu", self.dtype) for feature in compute(images[missing])]
+            new = [[feature[position] for feature in computed] for position in range(len(missing))]
             needed = self.nbytes + sum(feature.numel() * feature.element_size() for item in new for feature in item)
             if needed > self.budget_bytes:
                 msg = f"teacher feature cache budget exceeded: {needed} bytes needed, {self.budget_bytes} allowed"
@@ -237,7 +234,8 @@ class TeacherFeatureCache:
             for index, item in zip(missing, new, strict=True):
                 entry = self._find(keys[index], fingerprints[index])  # a duplicate earlier in this batch
                 if entry is None:
-                    entry = self._add(keys[index], fingerprints[index], [f.clone() for f in item])
+                    # a copy of exactly one sample's values, not a view that keeps the whole batch alive
+                    entry = self._add(keys[index], fingerprints[index], [feature.clone() for feature in item])
                 found[index] = entry
         for key, entry in zip(keys, found, strict=True):
             if (key, entry) in self._used:
