@@ -94,13 +94,15 @@ def test_duplicates_within_an_epoch_share_one_entry_and_are_counted(caplog: pyte
 
 def test_fingerprint_is_independent_of_the_batch_and_autocast() -> None:
     images = torch.randn(5, 3, 32, 32)
-    signs = torch.randint(0, 2, (4, images[0].numel())).float() * 2 - 1
-    whole = image_fingerprint(images, signs)
+    projections = TeacherFeatureCache(0)._projections(images[0].numel(), images.device)
+    whole = image_fingerprint(images, projections)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        single = image_fingerprint(images[3:4], signs)
+        single = image_fingerprint(images[3:4], projections)
     assert whole.dtype == torch.float64
     assert whole.shape == (5, 6)
-    torch.testing.assert_close(single[0], whole[3], rtol=0, atol=1e-6)
+    torch.testing.assert_close(single[0], whole[3], rtol=0, atol=1e-12)
+    torch.testing.assert_close(whole[:, 0], images.flatten(1).double().mean(1))
+    torch.testing.assert_close(whole[:, 1], images.flatten(1).double().square().mean(1).sqrt())
 
 
 class _Dataset(Dataset):

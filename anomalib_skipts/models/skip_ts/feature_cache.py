@@ -6,8 +6,8 @@ epoch: they are computed once, stored in half precision, and reused. Only the st
 later epochs.
 
 A reuse is never trusted on the key alone. Each entry is keyed by the sample's image path and
-carries a fingerprint of the pre-processed image (its mean, its root mean square and four random
-+-1 projections, :func:`image_fingerprint`); a cached entry is served only to an image whose
+carries a fingerprint of the pre-processed image (its mean, its root mean square and four fixed
+random +-1 projections, :func:`image_fingerprint`); a cached entry is served only to an image whose
 fingerprint matches. So several samples that share one path (slices of one volume, several crops
 of one file) each get their own entry, and a sample whose content changes between epochs (random
 augmentation inside a dataset's ``__getitem__``, non-deterministic loading) is detected: the cache
@@ -30,10 +30,10 @@ NUM_PROJECTIONS = 4
 FINGERPRINT_TOLERANCE = 1e-5
 """Two fingerprints match when every entry differs by at most this times the images' RMS.
 
-float32 round-off of the reductions is about 1e-7 of the RMS (so one image always matches itself,
-whatever the batch it comes in); an image that differs from another by more than about 0.1% (64x64)
-to 0.4% (256x256) of its RMS is told apart with near certainty. Smaller differences are below the
-1e-3 rounding of the float16 cache itself.
+The fingerprint is computed in float64, so one image always matches itself, whatever the batch it
+comes in; an image that differs from another by more than about 0.1% (64x64) to 0.4% (256x256) of
+its RMS is told apart with near certainty. Smaller differences are below the 1e-3 rounding of the
+float16 cache itself.
 """
 _PROJECTION_SEED = 20240101
 
@@ -50,24 +50,24 @@ class FeatureCacheStaleError(FeatureCacheError):
     """A sample's image changed since its features were cached (e.g. random augmentation in a dataset)."""
 
 
-def image_fingerprint(images: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
-    """Cheap content fingerprint of each image: mean, RMS and ``len(signs)`` +-1 projections.
+def image_fingerprint(images: torch.Tensor, projections: torch.Tensor) -> torch.Tensor:
+    """Cheap content fingerprint of each image: mean, RMS and +-1 projections.
 
-    Computed in float32 with autocast off (one pass per column over the batch, on the images'
-    device, no matrix multiply so no TF32), returned in float64 on the CPU.
+    One matrix product and one norm over the batch, in float64 (round-off-free, no TF32) with
+    autocast off, on the images' device; returned on the CPU.
 
     Args:
-        images: Batch ``(B, ...)``.
-        signs: ``(K, N)`` +-1 values with ``N`` the number of values per image.
+        images: Batch ``(B, ...)`` of ``N`` values per image.
+        projections: ``(N, 1 + K)`` float64: a column of ones, then ``K`` columns of +-1 values.
 
     Returns:
         ``(B, 2 + K)`` fingerprints: ``[mean, rms, proj_1, ..., proj_K]`` (projections are means).
     """
     with torch.autocast(device_type=images.device.type, enabled=False):
-        flat = images.detach().flatten(1).float()
-        columns = [flat.mean(1), flat.square().mean(1).sqrt()]
-        columns += [(flat * sign).mean(1) for sign in signs]
-    return torch.stack(columns, dim=1).double().cpu()
+        flat = images.detach().flatten(1).double()
+        means = flat @ projections / flat.shape[1]
+        rms = torch.linalg.vector_norm(flat, dim=1, keepdim=True) / flat.shape[1] ** 0.5
+    return torch.cat([means[:, :1], rms, means[:, 1:]], dim=1).cpu()
 
 
 def fingerprints_match(reference: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -139,7 +139,7 @@ class TeacherFeatureCache:
         self._fingerprints: dict[str, torch.Tensor] = {}
         self._entries: dict[str, list[list[torch.Tensor]]] = {}
         self._first_epoch: dict[str, int] = {}
-        self._signs: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._projection_cache: dict[tuple[int, torch.device], torch.Tensor] = {}
         self._used: set[tuple[str, int]] = set()
 
     def __len__(self) -> int:
@@ -163,13 +163,14 @@ class TeacherFeatureCache:
             self.epoch += 1
         self._used.clear()
 
-    def _projection_signs(self, values: int, device: torch.device) -> torch.Tensor:
-        """Return the fixed +-1 projection vectors for images of ``values`` values, on ``device``."""
-        if (values, device) not in self._signs:
+    def _projections(self, values: int, device: torch.device) -> torch.Tensor:
+        """Return the fixed fingerprint projections for images of ``values`` values, on ``device``."""
+        if (values, device) not in self._projection_cache:
             generator = torch.Generator().manual_seed(_PROJECTION_SEED)
-            signs = torch.randint(0, 2, (NUM_PROJECTIONS, values), generator=generator).float() * 2 - 1
-            self._signs[values, device] = signs.to(device)
-        return self._signs[values, device]
+            signs = torch.randint(0, 2, (values, NUM_PROJECTIONS), generator=generator).double() * 2 - 1
+            ones = torch.ones(values, 1, dtype=torch.float64)
+            self._projection_cache[values, device] = torch.cat([ones, signs], dim=1).to(device)
+        return self._projection_cache[values, device]
 
     def _find(self, key: str, fingerprint: torch.Tensor) -> int | None:
         """Index of the entry of ``key`` whose fingerprint matches, or ``None``."""
@@ -213,7 +214,7 @@ class TeacherFeatureCache:
         if len(keys) != len(images):
             msg = f"{len(keys)} keys for {len(images)} images: give one key per image."
             raise ValueError(msg)
-        fingerprints = image_fingerprint(images, self._projection_signs(images[0].numel(), images.device))
+        fingerprints = image_fingerprint(images, self._projections(images[0].numel(), images.device))
         found = [self._find(key, fingerprint) for key, fingerprint in zip(keys, fingerprints, strict=True)]
         missing = [index for index, entry in enumerate(found) if entry is None]
         for index in missing:
@@ -224,11 +225,8 @@ class TeacherFeatureCache:
                 )
                 raise FeatureCacheStaleError(msg)
         if missing:
-            computed = compute(images[missing])
-            new = [
-                [feature[position].detach().to("cpu", self.dtype) for feature in computed]
-                for position in range(len(missing))
-            ]
+            computed = [feature.detach().to("cpu", self.dtype) for feature in compute(images[missing])]
+            new = [[feature[position] for feature in computed] for position in range(len(missing))]
             needed = self.nbytes + sum(feature.numel() * feature.element_size() for item in new for feature in item)
             if needed > self.budget_bytes:
                 msg = f"teacher feature cache budget exceeded: {needed} bytes needed, {self.budget_bytes} allowed"
@@ -236,7 +234,8 @@ class TeacherFeatureCache:
             for index, item in zip(missing, new, strict=True):
                 entry = self._find(keys[index], fingerprints[index])  # a duplicate earlier in this batch
                 if entry is None:
-                    entry = self._add(keys[index], fingerprints[index], [f.clone() for f in item])
+                    # a copy of exactly one sample's values, not a view that keeps the whole batch alive
+                    entry = self._add(keys[index], fingerprints[index], [feature.clone() for feature in item])
                 found[index] = entry
         for key, entry in zip(keys, found, strict=True):
             if (key, entry) in self._used:
