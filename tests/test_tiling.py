@@ -120,7 +120,7 @@ def test_tiler_callback_fit_test_predict_with_images_larger_than_the_tile(
     assert batch.pred_mask.shape[-2:] == (IMAGE, IMAGE)
 
 
-@pytest.mark.slow  # torch.onnx's graph optimisation of the unrolled tiler takes minutes
+@pytest.mark.slow  # torch.onnx's graph optimisation of the unrolled tiler takes tens of seconds
 def test_export_with_the_tiler_on_keeps_the_tiling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The exported graph tiles and untiles like the torch model (anomalib's models export the tiler too)."""
     from anomalib.deploy import OpenVINOInferencer
