@@ -1,5 +1,6 @@
 """Checkpoints: canonical state dicts, offline loading, architecture checks, fresh inference copies (issue 9)."""
 
+import copy
 import logging
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +13,8 @@ from lightning.pytorch import Callback
 
 from anomalib_skipts.data.phantom import HeadPhantom
 from anomalib_skipts.models import SkipTS
+from anomalib_skipts.models.skip_ts.batch_norm_folding import fold_batch_norm
+from anomalib_skipts.models.skip_ts.lightning_model import ARCHITECTURE_KEY
 
 from ..conftest import IMAGE_SIZE
 
@@ -226,3 +229,25 @@ def test_settings_that_cannot_be_adopted_fail_with_both_values(trained: tuple) -
     model._trainer = SimpleNamespace(strategy=SimpleNamespace(restore_checkpoint_after_setup=True))
     with pytest.raises(ValueError, match=r"num_skips: model 1, checkpoint 2"):
         model.on_load_checkpoint(_load(checkpoint))
+
+
+def test_checkpoint_of_an_earlier_release_with_a_folded_teacher_loads_with_the_same_scores(
+    trained: tuple, tmp_path: Path
+) -> None:
+    """Earlier releases saved the teacher batch-norm-folded (conv biases, no batch norms) by default."""
+    model, _, checkpoint = trained
+    legacy = _load(checkpoint)
+    prefix = "model.teacher.feature_extractor."
+    folded_teacher = copy.deepcopy(model.model.teacher.feature_extractor).eval()
+    assert fold_batch_norm(folded_teacher) > 0
+    state_dict = {key: value for key, value in legacy["state_dict"].items() if not key.startswith(prefix)}
+    state_dict |= {prefix + key: value for key, value in folded_teacher.state_dict().items()}
+    assert not any(key.endswith("bn1.weight") for key in state_dict if key.startswith(prefix))
+    legacy["state_dict"] = state_dict
+    legacy.pop(ARCHITECTURE_KEY, None)  # written before the architecture was stored
+    torch.save(legacy, tmp_path / "legacy.ckpt")
+
+    loaded = SkipTS.load_from_checkpoint(tmp_path / "legacy.ckpt")
+    images = _images()
+    for actual, expected in zip(_scores(loaded, images), _scores(model, images), strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)

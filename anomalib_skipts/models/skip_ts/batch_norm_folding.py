@@ -39,14 +39,42 @@ def _fold_pair(parent: nn.Module, conv_name: str, bn_name: str) -> bool:
     return True
 
 
-def fold_batch_norm(module: nn.Module) -> int:
-    """Fold every batch norm that directly follows a convolution into it, in place.
+def conv_bn_pairs(module: nn.Module) -> list[tuple[str, str, str]]:
+    """Find every batch norm that directly follows a convolution.
 
     Pairs are found by the layout of timm's ResNets and anomalib's ResNet decoder, where a batch
     norm always directly follows its convolution: sibling ``convN`` / ``bnN`` attributes (the
     blocks and the stem) and consecutive ``(convolution, BatchNorm2d)`` entries of an
-    ``nn.Sequential`` (the down- and upsampling shortcuts). The folded module computes the eval-mode
-    function of the original; it must not be trained afterwards.
+    ``nn.Sequential`` (the down- and upsampling shortcuts).
+
+    Args:
+        module: Module to search, e.g. the teacher's feature extractor or the student decoder.
+
+    Returns:
+        ``(parent, convolution, batch norm)`` names, the parent's relative to ``module`` (``""`` for
+        ``module`` itself), the others children of the parent.
+    """
+    pairs = []
+    for parent_name, parent in module.named_modules():
+        children = dict(parent.named_children())
+        candidates = list(itertools.pairwise(children)) if isinstance(parent, nn.Sequential) else []
+        candidates += [(name, "bn" + name.removeprefix("conv")) for name in children if name.startswith("conv")]
+        pairs += [
+            (parent_name, conv, bn)
+            for conv, bn in dict.fromkeys(candidates)
+            if bn in children
+            and isinstance(children[conv], CONVOLUTIONS)
+            and type(children[bn]) is nn.BatchNorm2d
+            and children[bn].track_running_stats
+        ]
+    return pairs
+
+
+def fold_batch_norm(module: nn.Module) -> int:
+    """Fold every batch norm that directly follows a convolution (:func:`conv_bn_pairs`) into it, in place.
+
+    The folded module computes the eval-mode function of the original; it must not be trained
+    afterwards.
 
     Args:
         module: Module to fold, e.g. the teacher's feature extractor or the student decoder.
@@ -54,16 +82,44 @@ def fold_batch_norm(module: nn.Module) -> int:
     Returns:
         The number of batch norms folded.
     """
-    folded = 0
-    for parent in list(module.modules()):
-        names = [name for name, _ in parent.named_children()]
-        if isinstance(parent, nn.Sequential):
-            folded += sum(_fold_pair(parent, a, b) for a, b in itertools.pairwise(names))
-        for name in names:
-            bn_name = "bn" + name.removeprefix("conv")
-            if name.startswith("conv") and bn_name in names:
-                folded += _fold_pair(parent, name, bn_name)
-    return folded
+    pairs = conv_bn_pairs(module)
+    for parent_name, conv, bn in pairs:
+        _fold_pair(module.get_submodule(parent_name), conv, bn)
+    return len(pairs)
+
+
+def unfold_state_dict(state_dict: dict[str, torch.Tensor], module: nn.Module, prefix: str) -> int:
+    """Turn a folded module's weights in ``state_dict`` back into ``module``'s (unfolded) layout, in place.
+
+    Checkpoints written by anomalib-skipts before checkpoints became canonical (with
+    ``fold_batch_norm=True``, the default) hold the teacher's folded convolutions: a bias per
+    convolution and no batch norms. Each such pair gets back a batch norm that is the identity in
+    eval mode (``running_mean`` 0, ``running_var`` ``1 - eps``, weight 1) with the folded bias as its
+    bias, which computes exactly the folded function.
+
+    Args:
+        state_dict: A checkpoint's state dict.
+        module: The unfolded module those weights belong to (for its batch norms' ``eps``).
+        prefix: The module's key prefix in ``state_dict``, ending with a dot.
+
+    Returns:
+        The number of batch norms restored (0 for a state dict that was not folded).
+    """
+    restored = 0
+    for parent_name, conv, bn in conv_bn_pairs(module):
+        parent = prefix + (parent_name + "." if parent_name else "")
+        bias_key, bn_key = f"{parent}{conv}.bias", f"{parent}{bn}."
+        if bias_key not in state_dict or bn_key + "weight" in state_dict:
+            continue
+        bias = state_dict.pop(bias_key)
+        eps = module.get_submodule(".".join(filter(None, (parent_name, bn)))).eps
+        state_dict[bn_key + "weight"] = torch.ones_like(bias)
+        state_dict[bn_key + "bias"] = bias
+        state_dict[bn_key + "running_mean"] = torch.zeros_like(bias)
+        state_dict[bn_key + "running_var"] = torch.full_like(bias, 1.0 - eps)
+        state_dict[bn_key + "num_batches_tracked"] = torch.tensor(0)
+        restored += 1
+    return restored
 
 
 def _state_key(module: nn.Module) -> tuple:

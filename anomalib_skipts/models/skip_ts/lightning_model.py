@@ -33,6 +33,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 from torchvision.transforms import v2
 
+from .batch_norm_folding import unfold_state_dict
 from .feature_cache import FeatureCacheError, TeacherFeatureCache, samples_per_process
 from .loss import PAPER_BETA, SIMILARITIES, VARIANTS, SkipTSLoss
 from .torch_model import ANOMALY_MAP_LAYERS, SkipTSModel, resolve_backbone, validate_input_size
@@ -342,8 +343,10 @@ class SkipTS(AnomalibModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Adopt the checkpoint's architecture settings where they differ from this model's, with a warning.
 
-        Lightning calls this before loading the state dict, both in ``load_from_checkpoint`` and for
-        ``Engine.fit/test/predict(..., ckpt_path=...)`` (``anomalib predict --ckpt_path``). Some
+        Also reads checkpoints of earlier releases that saved the teacher batch-norm-folded
+        (:func:`unfold_state_dict`). Lightning calls this before loading the state dict, both in
+        ``load_from_checkpoint`` and for ``Engine.fit/test/predict(..., ckpt_path=...)``
+        (``anomalib predict --ckpt_path``). Some
         settings (``num_skips``, ``anomaly_map_layers``, ``similarity``, ``loss_variant``) do not change
         the state-dict keys, so loading would otherwise silently give another model.
 
@@ -352,6 +355,20 @@ class SkipTS(AnomalibModule):
                 setting up the optimizers, when the model can no longer be rebuilt.
         """
         super().on_load_checkpoint(checkpoint)
+        self._adopt_checkpoint_architecture(checkpoint)
+        state_dict = checkpoint.get("state_dict")
+        if state_dict is not None:
+            teacher = self.model.teacher.feature_extractor
+            restored = unfold_state_dict(state_dict, teacher, prefix="model.teacher.feature_extractor.")
+            if restored:
+                logger.info(
+                    "Checkpoint with a batch-norm-folded teacher (written before checkpoints became canonical): "
+                    "restored %d batch norms as exact identities around the folded weights.",
+                    restored,
+                )
+
+    def _adopt_checkpoint_architecture(self, checkpoint: dict[str, Any]) -> None:
+        """Adopt the checkpoint's architecture settings (see :meth:`on_load_checkpoint`)."""
         self._checkpoint_hparams = dict(checkpoint.get("hyper_parameters") or {})
         recorded = checkpoint.get(ARCHITECTURE_KEY)
         if recorded is None:  # checkpoints written before the architecture was stored: use the hyperparameters
