@@ -16,6 +16,7 @@ from anomalib.deploy import CompressionType, ExportType, OpenVINOInferencer
 from anomalib.metrics import AUROC
 from scipy.stats import spearmanr
 
+from anomalib_skipts.benchmark.compression import run_inferencer
 from anomalib_skipts.data.phantom import HeadPhantom
 
 from .conftest import IMAGE_SIZE, PHANTOM
@@ -44,8 +45,7 @@ def fp32_scores(trained: tuple, phantom_datamodule: HeadPhantom) -> tuple[torch.
 
 def _inferencer_scores(path: Path, images: torch.Tensor) -> np.ndarray:
     """Image scores of an exported IR run one image at a time in anomalib's ``OpenVINOInferencer``."""
-    inferencer = OpenVINOInferencer(path=path, device="CPU")
-    return np.array([float(np.asarray(inferencer.predict(image).pred_score).reshape(-1)[0]) for image in images])
+    return run_inferencer(OpenVINOInferencer(path=path, device="CPU"), images)
 
 
 def _op_types(path: Path) -> set[str]:
