@@ -1,5 +1,6 @@
 """The unmodified ``anomalib`` command line trains, tests, exports and predicts with Skip-TS."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,12 @@ from .conftest import PHANTOM
 ANOMALIB = str(Path(sys.executable).with_name("anomalib"))
 
 
-def _anomalib(*args: str, cwd: Path) -> str:
-    result = subprocess.run([ANOMALIB, *args], capture_output=True, text=True, cwd=cwd, timeout=900, check=False)
+def _anomalib(*args: str, cwd: Path, offline: bool = False) -> str:
+    """Run ``anomalib``; ``offline``: as on an air-gapped machine, with no Hugging Face Hub and an empty cache."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(cwd / "empty_hf_home")} if offline else None
+    result = subprocess.run(
+        [ANOMALIB, *args], capture_output=True, text=True, cwd=cwd, timeout=900, check=False, env=env
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
 
@@ -61,9 +66,7 @@ def test_short_model_name_and_export_from_checkpoint(cli_run: Path) -> None:
             "--model",
             "SkipTS",
             "--model.backbone",
-            "resnet18",
-            "--model.pre_trained",
-            "false",
+            "resnet18",  # pre_trained=True: the teacher comes from the checkpoint, nothing is downloaded
             "--model.image_size",
             "64",
             "--export_type",
@@ -75,6 +78,7 @@ def test_short_model_name_and_export_from_checkpoint(cli_run: Path) -> None:
             "--input_size",
             "[64,64]",
             cwd=cli_run,
+            offline=True,
         )
         assert list(root.rglob(f"*{suffix}"))
 
@@ -86,9 +90,7 @@ def test_predict_from_checkpoint(cli_run: Path, phantom_root: Path) -> None:
         "--model",
         "SkipTS",
         "--model.backbone",
-        "resnet18",
-        "--model.pre_trained",
-        "false",
+        "resnet18",  # pre_trained=True: the teacher comes from the checkpoint, nothing is downloaded
         "--model.image_size",
         "64",
         "--ckpt_path",
@@ -98,6 +100,7 @@ def test_predict_from_checkpoint(cli_run: Path, phantom_root: Path) -> None:
         "--default_root_dir",
         str(cli_run / "predict"),
         cwd=cli_run,
+        offline=True,
     )
     assert "Traceback" not in output
     assert list((cli_run / "predict").rglob("*.png"))

@@ -108,6 +108,7 @@ def test_local_backbone_weights_are_loaded(tmp_path: Path) -> None:
     torch.save({"state_dict": reference.state_dict()}, path)
     _assert_teacher_computes(SkipTS(backbone="resnet18", backbone_weights=str(path), image_size=64), reference)
     unfolded = SkipTS(backbone="resnet18", backbone_weights=str(path), image_size=64, fold_batch_norm=False)
+    unfolded.model.load_teacher_weights()
     teacher = unfolded.model.teacher.feature_extractor.state_dict()
     assert torch.equal(teacher["layer4.1.conv2.weight"], reference.state_dict()["layer4.1.conv2.weight"])
     assert torch.equal(teacher["bn1.running_var"], reference.state_dict()["bn1.running_var"])
@@ -125,13 +126,15 @@ def test_safetensors_backbone_weights_are_loaded(tmp_path: Path) -> None:
 def test_backbone_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "resnet34.pth"
     torch.save(timm.create_model("resnet34", pretrained=False).state_dict(), path)
+    model = SkipTS(backbone="resnet18", backbone_weights=path, image_size=64)  # the file is read at first use
     with pytest.raises(ValueError, match="does not fit the teacher backbone"):
-        SkipTS(backbone="resnet18", backbone_weights=path, image_size=64)
+        model.model.load_teacher_weights()
 
 
 def test_missing_backbone_weights_file(tmp_path: Path) -> None:
+    model = SkipTS(backbone="resnet18", backbone_weights=tmp_path / "nope.pth", image_size=64)
     with pytest.raises(FileNotFoundError, match="backbone_weights"):
-        SkipTS(backbone="resnet18", backbone_weights=tmp_path / "nope.pth", image_size=64)
+        model.model(torch.rand(1, 3, 64, 64))  # the teacher's first use reads the file
 
 
 def test_failed_download_names_both_ways_out(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,8 +147,9 @@ def test_failed_download_names_both_ways_out(monkeypatch: pytest.MonkeyPatch) ->
         return original(*args, **kwargs)
 
     monkeypatch.setattr(timm, "create_model", offline_create_model)
+    model = SkipTS(backbone="resnet18", pre_trained=True, image_size=64)  # construction downloads nothing
     with pytest.raises(TeacherWeightsError) as error:
-        SkipTS(backbone="resnet18", pre_trained=True, image_size=64)
+        model.model.load_teacher_weights()
     message = str(error.value)
     assert "pre_trained=False" in message
     assert "backbone_weights" in message

@@ -25,6 +25,8 @@ def requested(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def test_default_teacher_gets_torchvision_imagenet_weights(requested: list[str]) -> None:
     model = SkipTS()  # the paper's defaults: WideResNet50-2
+    assert requested == []  # loaded at the teacher's first use, not at construction
+    model.model.load_teacher_weights()
     assert requested == ["wide_resnet50_2.tv_in1k"]
     assert model.model.teacher.feature_extractor.pretrained_cfg["tag"] == "tv_in1k"
     assert model.model.backbone == "wide_resnet50_2.tv_in1k"
@@ -39,6 +41,7 @@ def test_every_supported_backbone_defaults_to_torchvision_weights(backbone: str)
 @pytest.mark.parametrize("backbone", ["resnet18.a1_in1k", "resnet18.tv_in1k", "resnet18.gluon_in1k"])
 def test_timm_pretrained_tags_are_accepted_and_requested(requested: list[str], backbone: str) -> None:
     model = SkipTSModel(backbone, input_size=(64, 64), pre_trained=True)
+    model.load_teacher_weights()
     assert requested == [backbone]
     assert model.teacher.feature_extractor.pretrained_cfg["tag"] == backbone.partition(".")[2]
     # the student mirrors the architecture whatever the weights

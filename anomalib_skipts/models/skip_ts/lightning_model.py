@@ -15,7 +15,6 @@ Example:
     >>> Engine(max_epochs=5).train(model, datamodule=HeadPhantom())  # doctest: +SKIP
 """
 
-import contextvars
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,8 +43,6 @@ ARCHITECTURE_KEY = "skipts_architecture"
 """Checkpoint entry with the settings that give the state dict its meaning (see ``SkipTS.architecture``)."""
 ARCHITECTURE_SETTINGS = ("backbone", "num_skips", "upsample_kernel_size", "anomaly_map_layers")
 LOSS_SETTINGS = ("similarity", "loss_variant")
-_TEACHER_FROM_CHECKPOINT = contextvars.ContextVar("skipts_teacher_from_checkpoint", default=False)
-"""Set while ``SkipTS.load_from_checkpoint`` builds the model: the teacher's weights come from the checkpoint."""
 
 CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 PAPER_IMAGE_SIZE = (256, 256)
@@ -105,10 +102,14 @@ class SkipTS(AnomalibModule):
             ``wide_resnet101_2``, ...), optionally with a timm pretrained tag (``"resnet18.a1_in1k"``).
             Without a tag the teacher gets torchvision's ImageNet weights (timm's ``tv_in1k``), as in
             the paper. Defaults to ``"wide_resnet50_2"`` (the paper's).
-        pre_trained: Load ImageNet weights for the teacher through timm. Defaults to ``True``.
-            ``load_from_checkpoint`` never downloads them: the teacher comes from the checkpoint.
+        pre_trained: Load ImageNet weights for the teacher through timm. Defaults to ``True``. They are
+            loaded when a fit starts without a checkpoint (before the first epoch) or at the teacher's
+            first use, never at construction: loading a checkpoint (``load_from_checkpoint``, or
+            ``ckpt_path`` in test, predict, validate, export and resumed fits) downloads nothing, the
+            teacher comes from the checkpoint.
         backbone_weights: Path of a local teacher checkpoint (``.pth`` or ``.safetensors``) used instead
-            of downloading, for air-gapped machines. Defaults to ``None``.
+            of downloading, for air-gapped machines; read when ``pre_trained`` weights would be.
+            Defaults to ``None``.
         num_skips: Skip connections 0, 1 or 2 (Skip-ST0 / ST1 / ST2). Defaults to ``2``.
         similarity: Similarity loss, ``"cosine"`` (Eq. 1-3) or ``"mse"``. Defaults to ``"cosine"``.
         mac: Add the MAC loss (Eq. 4). Defaults to ``True``.
@@ -188,9 +189,8 @@ class SkipTS(AnomalibModule):
         self.model = SkipTSModel(
             backbone=backbone,
             input_size=input_size,
-            # the weights will come from a checkpoint: fetch none (offline machines, paths of other machines)
-            pre_trained=pre_trained and not _TEACHER_FROM_CHECKPOINT.get(),
-            backbone_weights=None if _TEACHER_FROM_CHECKPOINT.get() else backbone_weights,
+            pre_trained=pre_trained,  # the ImageNet weights are fetched at the teacher's first use, if at all
+            backbone_weights=backbone_weights,
             num_skips=num_skips,
             upsample_kernel_size=upsample_kernel_size,
             anomaly_map_layers=anomaly_map_layers,
@@ -260,7 +260,13 @@ class SkipTS(AnomalibModule):
         return TeacherFeatureCache(budget_bytes=budget, dtype=self.teacher_cache_dtype)
 
     def on_train_start(self) -> None:
-        """Set up the teacher-feature cache for this fit."""
+        """Load the teacher's pending ImageNet weights and set up the teacher-feature cache for this fit.
+
+        Lightning has restored ``ckpt_path`` (a resumed fit: the teacher comes from it) by then, with
+        every strategy; otherwise the weights are loaded here, so that a machine that cannot get them
+        fails with ``TeacherWeightsError`` before the first epoch rather than in its first step.
+        """
+        self.model.load_teacher_weights()
         self.feature_cache = self._build_feature_cache()
 
     def on_train_epoch_start(self) -> None:
@@ -305,29 +311,6 @@ class SkipTS(AnomalibModule):
             "similarity": self.loss.similarity,
             "loss_variant": self.loss.variant,
         }
-
-    @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> "SkipTS":
-        """Load a model from a checkpoint without downloading anything.
-
-        The teacher's weights are in the checkpoint, so the model is built without fetching ImageNet
-        weights (neither downloaded for ``pre_trained=True`` nor read from ``backbone_weights``, a path
-        that may not exist on this machine) and the checkpoint's weights are loaded into it. Its
-        hyperparameters keep the checkpoint's values.
-
-        Args:
-            checkpoint_path: Path of the checkpoint.
-            args: Passed to ``AnomalibModule.load_from_checkpoint``.
-            kwargs: Passed to ``AnomalibModule.load_from_checkpoint`` (overriding hyperparameters).
-
-        Returns:
-            The model.
-        """
-        token = _TEACHER_FROM_CHECKPOINT.set(True)
-        try:
-            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
-        finally:
-            _TEACHER_FROM_CHECKPOINT.reset(token)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the architecture settings, and the weights in the standard (contiguous) layout.

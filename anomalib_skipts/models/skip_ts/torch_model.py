@@ -174,40 +174,72 @@ def load_backbone_weights(feature_extractor: nn.Module, path: str | Path) -> Non
     logger.info("Loaded teacher weights from %s", path)
 
 
-def build_teacher(
-    backbone: str, pre_trained: bool = True, backbone_weights: str | Path | None = None
-) -> TimmFeatureExtractor:
-    """Build the frozen teacher T-Net (stages E1..E4) through anomalib's timm feature extractor.
+def build_teacher(backbone: str) -> TimmFeatureExtractor:
+    """Build the frozen teacher T-Net (stages E1..E4) through anomalib's timm feature extractor, without weights.
+
+    Its ImageNet weights are loaded by :func:`load_teacher_weights` (``SkipTSModel`` does so at the
+    teacher's first use, unless a state dict with the teacher was loaded before).
 
     Args:
-        backbone: timm ResNet-family name, with a pretrained tag to choose the ImageNet weights
-            (``"wide_resnet50_2.tv_in1k"``); without one, timm's default weights.
-        pre_trained: Download ImageNet weights through timm, as anomalib's built-in models do.
-        backbone_weights: Local checkpoint to load instead of downloading (air-gapped sites).
+        backbone: timm ResNet-family name, with a pretrained tag (``"wide_resnet50_2.tv_in1k"``).
 
     Returns:
-        The teacher, with gradients disabled.
-
-    Raises:
-        TeacherWeightsError: If ``pre_trained`` weights cannot be downloaded.
+        The teacher (randomly initialised), with gradients disabled, in eval mode.
     """
-    download = pre_trained and backbone_weights is None
-    try:
-        teacher = TimmFeatureExtractor(backbone=backbone, layers=list(TEACHER_LAYERS), pre_trained=download)
-    except Exception as error:
-        if not download:
-            raise
-        msg = (
-            f"Could not download the ImageNet weights of the teacher backbone {backbone!r} through timm "
-            f"({type(error).__name__}: {error}). If this machine is offline, either pass "
-            f"backbone_weights=/path/to/{backbone.partition('.')[0]}.pth (a local ImageNet checkpoint, e.g. copied "
-            f"from a machine with internet), or pre_trained=False (random teacher: results are far below the paper's)."
-        )
-        raise TeacherWeightsError(msg) from error
-    if backbone_weights is not None:
-        load_backbone_weights(teacher.feature_extractor, backbone_weights)
+    teacher = TimmFeatureExtractor(backbone=backbone, layers=list(TEACHER_LAYERS), pre_trained=False)
     teacher.requires_grad_(False)
     return teacher.eval()
+
+
+def load_teacher_weights(
+    teacher: TimmFeatureExtractor, backbone: str, backbone_weights: str | Path | None = None
+) -> None:
+    """Load ImageNet weights into a teacher built by :func:`build_teacher`, in place.
+
+    Args:
+        teacher: The teacher; its device, dtype and memory layout are kept.
+        backbone: timm name with pretrained tag, whose weights are downloaded through timm (as
+            anomalib's built-in models do) when ``backbone_weights`` is ``None``.
+        backbone_weights: Local checkpoint to load instead of downloading (air-gapped sites).
+
+    Raises:
+        TeacherWeightsError: If the weights cannot be downloaded.
+        FileNotFoundError: If ``backbone_weights`` does not exist.
+        ValueError: If ``backbone_weights`` does not fit the backbone.
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        if backbone_weights is not None:
+            load_backbone_weights(teacher.feature_extractor, backbone_weights)
+            return
+        try:
+            downloaded = TimmFeatureExtractor(backbone=backbone, layers=list(TEACHER_LAYERS), pre_trained=True)
+        except Exception as error:
+            msg = (
+                f"Could not download the ImageNet weights of the teacher backbone {backbone!r} through timm "
+                f"({type(error).__name__}: {error}). If this machine is offline, either pass "
+                f"backbone_weights=/path/to/{backbone.partition('.')[0]}.pth (a local ImageNet checkpoint, e.g. "
+                f"copied from a machine with internet), or pre_trained=False (random teacher: results are far below "
+                f"the paper's). A trained checkpoint needs neither: its teacher is loaded from it."
+            )
+            raise TeacherWeightsError(msg) from error
+        teacher.feature_extractor.load_state_dict(downloaded.feature_extractor.state_dict())
+
+
+def _load_pending_teacher_weights_before_saving(module: "SkipTSModel", prefix: str, keep_vars: bool) -> None:
+    """``state_dict`` pre-hook: a state dict (a checkpoint) never holds the not-yet-loaded random teacher."""
+    del prefix, keep_vars
+    module.load_teacher_weights()
+
+
+def _teacher_from_state_dict(module: "SkipTSModel", state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """``load_state_dict`` pre-hook: a state dict that holds the whole teacher replaces its pending weights."""
+    del args
+    teacher_prefix = f"{prefix}teacher."
+    if module.teacher_weights_pending and all(
+        teacher_prefix + key in state_dict for key in module.teacher.state_dict(keep_vars=True)
+    ):
+        module.teacher_weights_pending = False
+        module.refresh_inference_copies()
 
 
 class SkipTSModel(nn.Module):
@@ -226,6 +258,12 @@ class SkipTSModel(nn.Module):
             that is a multiple of 32 give anomaly maps of their own size.
         pre_trained: Use ImageNet weights for the teacher (downloaded through timm).
         backbone_weights: Path of a local teacher checkpoint, used instead of downloading.
+
+    The teacher's ImageNet weights (``pre_trained`` or ``backbone_weights``) are loaded lazily: at the
+    teacher's first use (``forward``, ``teacher_features``, ``state_dict``) or by
+    :meth:`load_teacher_weights`, and never when a state dict holding the teacher (a checkpoint) is
+    loaded before. So building the model and loading a checkpoint into it touch neither the network
+    nor the file system.
         num_skips: Number of skip connections, 0, 1 or 2 (Skip-ST0 / ST1 / ST2).
         upsample_kernel_size: Student transposed-convolution kernel, 3 (paper) or 2 (authors' code).
         anomaly_map_layers: Layer maps summed in Eq. 7, 1-based, e.g. ``(1, 2, 3)`` or ``(2, 3)``.
@@ -271,7 +309,10 @@ class SkipTSModel(nn.Module):
 
         self.backbone = backbone
         self.upsample_kernel_size = upsample_kernel_size
-        self.teacher = build_teacher(backbone, pre_trained=pre_trained, backbone_weights=backbone_weights)
+        self.teacher = build_teacher(backbone)
+        self.backbone_weights = backbone_weights
+        self.teacher_weights_pending = pre_trained or backbone_weights is not None
+        """Whether the teacher still waits for its ImageNet weights (see :meth:`load_teacher_weights`)."""
         self.student = SkipStudent(
             backbone.partition(".")[0], num_skips=num_skips, upsample_kernel_size=upsample_kernel_size
         )
@@ -284,6 +325,26 @@ class SkipTSModel(nn.Module):
         self._folded_student = FoldedCopy(channels_last=channels_last)
         if channels_last:
             self.to(memory_format=torch.channels_last)
+        self.register_state_dict_pre_hook(_load_pending_teacher_weights_before_saving)
+        self.register_load_state_dict_pre_hook(_teacher_from_state_dict)
+
+    def load_teacher_weights(self) -> None:
+        """Load the teacher's pending ImageNet weights now (download, or ``backbone_weights``); else do nothing.
+
+        Called at the teacher's first use; ``SkipTS`` calls it when a fit starts without a
+        checkpoint, so that a machine without the weights fails before the first epoch. The
+        batch-norm-folded copies are rebuilt from the loaded weights.
+
+        Raises:
+            TeacherWeightsError: If the weights cannot be downloaded.
+            FileNotFoundError: If ``backbone_weights`` does not exist.
+            ValueError: If ``backbone_weights`` does not fit the backbone.
+        """
+        if not self.teacher_weights_pending:
+            return
+        load_teacher_weights(self.teacher, self.backbone, self.backbone_weights)
+        self.teacher_weights_pending = False
+        self.refresh_inference_copies()
 
     def architecture(self) -> dict[str, Any]:
         """Return the settings that decide what a state dict means (a checkpoint is valid for the same ones)."""
@@ -322,6 +383,7 @@ class SkipTSModel(nn.Module):
         export) the canonical teacher is traced: the exported graph holds the model's own weights,
         and those runtimes fold batch norms themselves.
         """
+        self.load_teacher_weights()
         if self.fold_batch_norm and not torch.compiler.is_compiling():
             return self._folded_teacher.get(self.teacher)
         return self.teacher
