@@ -34,7 +34,7 @@ from torchvision.transforms import v2
 
 from .batch_norm_folding import unfold_state_dict
 from .feature_cache import FeatureCacheError, TeacherFeatureCache, samples_per_process
-from .loss import PAPER_BETA, SIMILARITIES, VARIANTS, SkipTSLoss
+from .loss import PAPER_BETA, SkipTSLoss, validate_loss_options
 from .torch_model import ANOMALY_MAP_LAYERS, SkipTSModel, resolve_backbone, validate_input_size
 
 logger = logging.getLogger(__name__)
@@ -60,21 +60,6 @@ DETERMINISTIC_TRANSFORMS = (
 )
 PAPER_LR = 0.005
 PAPER_BETAS = (0.5, 0.999)
-
-
-def _validate_loss_options(similarity: str, beta: float, loss_variant: str) -> None:
-    if similarity not in SIMILARITIES:
-        msg = f"similarity={similarity!r} is not allowed: use 'cosine' (the paper) or 'mse' (Table IV ablation)."
-        raise ValueError(msg)
-    if not isinstance(beta, int | float) or beta < 0:
-        msg = f"beta={beta!r} is not allowed: the MAC loss weight must be a number >= 0 (the paper's is 0.05)."
-        raise ValueError(msg)
-    if loss_variant not in VARIANTS:
-        msg = f"loss_variant={loss_variant!r} is not allowed: use 'paper' (the equations) or 'authors_code'."
-        raise ValueError(msg)
-    if loss_variant == "authors_code" and similarity != "cosine":
-        msg = "loss_variant='authors_code' reproduces the public code's cosine loss: use it with similarity='cosine'."
-        raise ValueError(msg)
 
 
 def _plain(value: Any) -> Any:
@@ -168,7 +153,7 @@ class SkipTS(AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        _validate_loss_options(similarity, beta, loss_variant)
+        validate_loss_options(similarity, mac, beta, loss_variant, variant_name="loss_variant")
         if image_size is not None:
             sides = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
             image_size = validate_input_size(sides)

@@ -107,7 +107,9 @@ def authors_code_mac_loss(
     return torch.stack([(mses[i] - mses[j]).pow(2) for i, j in combinations(range(len(mses)), 2)]).sum()
 
 
-def validate_loss_options(similarity: str, mac: bool, beta: float, variant: str) -> None:
+def validate_loss_options(
+    similarity: str, mac: bool, beta: float, variant: str, variant_name: str = "variant"
+) -> None:
     """Refuse loss options outside the allowed values, naming the bad value and the allowed ones.
 
     Args:
@@ -115,6 +117,7 @@ def validate_loss_options(similarity: str, mac: bool, beta: float, variant: str)
         mac: A bool.
         beta: A number >= 0.
         variant: One of ``VARIANTS``; ``"authors_code"`` only with ``similarity="cosine"``.
+        variant_name: The variant's parameter name in the messages (``SkipTS`` calls it ``loss_variant``).
 
     Raises:
         ValueError: On the first option that is not allowed.
@@ -129,11 +132,14 @@ def validate_loss_options(similarity: str, mac: bool, beta: float, variant: str)
         msg = f"beta={beta!r} is not allowed: the MAC loss weight must be a finite number >= 0 (the paper's is 0.05)."
         raise ValueError(msg)
     if variant not in VARIANTS:
-        msg = f"variant={variant!r} is not allowed: use 'paper' (the equations) or 'authors_code' (the public code)."
+        msg = (
+            f"{variant_name}={variant!r} is not allowed: use 'paper' (the equations) or 'authors_code' "
+            "(the public code)."
+        )
         raise ValueError(msg)
     if variant == "authors_code" and similarity != "cosine":
         msg = (
-            f"variant='authors_code' with similarity={similarity!r} is not allowed: the public code's loss is "
+            f"{variant_name}='authors_code' with similarity={similarity!r} is not allowed: the public code's loss is "
             "cosine, use similarity='cosine'."
         )
         raise ValueError(msg)
