@@ -200,7 +200,7 @@ def test_benchmark_config_has_the_six_categories_and_validates_on_valid() -> Non
         assert datamodule.val_split_mode.value == "from_dir"  # not the benchmark's same_as_test default
 
 
-def test_benchmark_end_to_end_with_pixel_auroc(tmp_path: Path) -> None:
+def test_benchmark_end_to_end_with_localisation_metrics(tmp_path: Path) -> None:
     pytest.importorskip("anomalib_skipts.models")
     from anomalib_skipts.benchmark.__main__ import main
 
@@ -214,6 +214,9 @@ def test_benchmark_end_to_end_with_pixel_auroc(tmp_path: Path) -> None:
     assert (runs["n_train"] == 8).all()
     assert (runs["n_test_abnormal"] == 4).all()
     assert 0.0 <= runs.loc["BMAD-Brain", "pixel_auroc"] <= 1.0  # masks -> localisation metric
+    for metric in ("pixel_aupro", "pixel_dice"):  # AUPRO and Dice at 0.8 wherever masks exist
+        assert math.isfinite(runs.loc["BMAD-Brain", metric]), metric
+        assert math.isnan(runs.loc["BMAD-Chest", metric]), metric
     assert math.isnan(runs.loc["BMAD-Chest", "pixel_auroc"])  # image labels only
     assert "Pixel AUROC" in (tmp_path / "results" / "summary.md").read_text()
     assert root.is_dir()

@@ -206,7 +206,7 @@ def test_benchmark_config_lists_the_benchmarks() -> None:
     assert {dataset.class_path for dataset in config.datasets} == {"anomalib_skipts.data.MedIAnomaly"}
 
 
-def test_benchmark_end_to_end_with_pixel_auroc(tmp_path: Path) -> None:
+def test_benchmark_end_to_end_with_localisation_metrics(tmp_path: Path) -> None:
     pytest.importorskip("anomalib_skipts.models")
     from anomalib_skipts.benchmark.__main__ import main
 
@@ -232,5 +232,8 @@ def test_benchmark_end_to_end_with_pixel_auroc(tmp_path: Path) -> None:
     assert (runs["status"] == "ok").all(), runs.get("error")
     assert runs.loc["MedIAnomaly-BraTS2021", ["n_train", "n_test_normal", "n_test_abnormal"]].tolist() == [8, 4, 4]
     assert 0.0 <= runs.loc["MedIAnomaly-BraTS2021", "pixel_auroc"] <= 1.0  # masks -> localisation metric
+    for metric in ("pixel_aupro", "pixel_dice"):  # AUPRO and Dice at 0.8 wherever masks exist
+        assert math.isfinite(runs.loc["MedIAnomaly-BraTS2021", metric]), metric
+        assert math.isnan(runs.loc["MedIAnomaly-RSNA", metric]), metric
     assert math.isnan(runs.loc["MedIAnomaly-RSNA", "pixel_auroc"])
     assert "Pixel AUROC" in (tmp_path / "results" / "summary.md").read_text()
