@@ -61,48 +61,44 @@ def _check_ranks_like_fp32(path: Path, fp32_scores: tuple[torch.Tensor, np.ndarr
     assert correlation >= MIN_SPEARMAN, f"Spearman {correlation:.3f} between INT8 and fp32 scores"
 
 
-def test_int8_ptq_compiles_runs_in_the_inferencer_and_ranks_like_fp32(
+def _export(trained: tuple, tmp_path: Path, **options: object) -> Path:
+    """Export the trained tiny model to OpenVINO through anomalib's ``Engine.export``."""
+    model, engine, _ = trained
+    return engine.export(
+        model=model,
+        export_type=ExportType.OPENVINO,
+        export_root=tmp_path,
+        input_size=(IMAGE_SIZE, IMAGE_SIZE),
+        **options,
+    )
+
+
+@pytest.mark.parametrize(
+    "compression",
+    [
+        pytest.param({"compression_type": CompressionType.INT8_PTQ}, id="INT8_PTQ"),
+        pytest.param(
+            {
+                "compression_type": CompressionType.INT8_ACQ,
+                "metric": AUROC(fields=["pred_score", "gt_label"]),
+                "max_drop": 0.05,
+            },
+            id="INT8_ACQ",
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
+def test_int8_compiles_runs_in_the_inferencer_and_ranks_like_fp32(
     trained: tuple,
     phantom_datamodule: HeadPhantom,
     fp32_scores: tuple,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    compression: dict,
 ) -> None:
     monkeypatch.chdir(tmp_path)  # the inferencer writes an openvino_cache/ folder into the working directory
-    model, engine, _ = trained
-    path = engine.export(
-        model=model,
-        export_type=ExportType.OPENVINO,
-        export_root=tmp_path,
-        input_size=(IMAGE_SIZE, IMAGE_SIZE),
-        compression_type=CompressionType.INT8_PTQ,
-        datamodule=phantom_datamodule,
-    )
+    path = _export(trained, tmp_path, datamodule=phantom_datamodule, **compression)
     assert "FakeQuantize" in _op_types(path)  # really quantized, not a float model under an INT8 name
-    _check_ranks_like_fp32(path, fp32_scores)
-
-
-@pytest.mark.slow
-def test_int8_acq_with_metric_and_max_drop(
-    trained: tuple,
-    phantom_datamodule: HeadPhantom,
-    fp32_scores: tuple,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    model, engine, _ = trained
-    path = engine.export(
-        model=model,
-        export_type=ExportType.OPENVINO,
-        export_root=tmp_path,
-        input_size=(IMAGE_SIZE, IMAGE_SIZE),
-        compression_type=CompressionType.INT8_ACQ,
-        datamodule=phantom_datamodule,
-        metric=AUROC(fields=["pred_score", "gt_label"]),
-        max_drop=0.05,
-    )
-    assert "FakeQuantize" in _op_types(path)
     _check_ranks_like_fp32(path, fp32_scores)
 
 
@@ -110,19 +106,12 @@ def test_fp16_export_stores_half_weights_and_matches_fp32(
     trained: tuple, fp32_scores: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    model, engine, _ = trained
-    path = engine.export(
-        model=model,
-        export_type=ExportType.OPENVINO,
-        export_root=tmp_path,
-        input_size=(IMAGE_SIZE, IMAGE_SIZE),
-        compression_type=CompressionType.FP16,
-    )
+    path = _export(trained, tmp_path, compression_type=CompressionType.FP16)
     constants = [op for op in ov.Core().read_model(str(path)).get_ops() if op.get_type_name() == "Constant"]
     assert any(op.get_element_type() == ov.Type.f16 for op in constants)
     images, expected = fp32_scores
     inferencer = OpenVINOInferencer(path=path, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
-    scores = np.array([float(np.asarray(inferencer.predict(image).pred_score).reshape(-1)[0]) for image in images])
+    scores = run_inferencer(inferencer, images)
     np.testing.assert_allclose(scores, expected, rtol=0.02, atol=0.02)
 
 
