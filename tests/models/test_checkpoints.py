@@ -251,3 +251,19 @@ def test_checkpoint_of_an_earlier_release_with_a_folded_teacher_loads_with_the_s
     images = _images()
     for actual, expected in zip(_scores(loaded, images), _scores(model, images), strict=True):
         torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_load_state_dict_into_a_used_model_reaches_the_folded_teacher() -> None:
+    """The folded teacher copy watches only moves and casts; loaded weights must still reach it."""
+    torch.manual_seed(0)
+    used = SkipTS(**SMALL)
+    torch.manual_seed(1)
+    other = SkipTS(**SMALL)
+    images = _images()
+    before = _scores(used, images)  # builds the folded copies from the first weights
+    used.load_state_dict(other.state_dict())
+    for actual, expected, old in zip(_scores(used, images), _scores(other, images), before, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(actual, old)
+    used.model.double()  # a cast is seen too
+    assert next(used.model.inference_teacher().parameters()).dtype == torch.float64

@@ -122,8 +122,15 @@ def unfold_state_dict(state_dict: dict[str, torch.Tensor], module: nn.Module, pr
     return restored
 
 
-def _state_key(module: nn.Module) -> tuple:
-    """Return what changes when a parameter or buffer of ``module`` is replaced or modified in place."""
+def _state_key(module: nn.Module, frozen: bool = False) -> tuple:
+    """Return what changes when a parameter or buffer of ``module`` is replaced or modified in place.
+
+    For a ``frozen`` module only a move or cast is watched (its first parameter's storage, dtype and
+    device), which is cheap on every forward; its owner drops the copy when it writes weights.
+    """
+    if frozen:
+        first = next(module.parameters())
+        return (id(first), first.data_ptr(), first.dtype, first.device)
     return tuple(
         # inference tensors (a module built under torch.inference_mode) have no version counter
         (id(tensor), tensor.data_ptr(), -1 if tensor.is_inference() else tensor._version, tensor.dtype, tensor.device)
@@ -139,16 +146,21 @@ class FoldedCopy:
 
     Args:
         channels_last: Give the copy's weights the channels-last memory layout.
+        frozen: The module is never trained (the teacher): only moves and casts are detected by
+            themselves, and whoever writes its weights (``load_state_dict``, loading ImageNet
+            weights) calls :meth:`invalidate`. Walking every tensor's version counter costs about
+            1.3 ms per forward for WideResNet50-2.
     """
 
-    def __init__(self, channels_last: bool = False) -> None:
+    def __init__(self, channels_last: bool = False, frozen: bool = False) -> None:
         self.channels_last = channels_last
+        self.frozen = frozen
         self._key: tuple | None = None
         self._copy: nn.Module | None = None
 
     def get(self, module: nn.Module) -> nn.Module:
         """Return the folded eval-mode copy of ``module``, rebuilding it if ``module`` changed."""
-        key = _state_key(module)
+        key = _state_key(module, self.frozen)
         if self._copy is None or key != self._key:
             with torch.inference_mode(False), torch.no_grad():
                 folded = copy.deepcopy(module).eval().requires_grad_(False)
@@ -165,8 +177,8 @@ class FoldedCopy:
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without the copy: it is rebuilt on first use."""
-        return {"channels_last": self.channels_last, "_key": None, "_copy": None}
+        return {"channels_last": self.channels_last, "frozen": self.frozen, "_key": None, "_copy": None}
 
     def __deepcopy__(self, memo: dict[int, Any]) -> "FoldedCopy":
         """Deep-copy without the copy (its key refers to the original module's tensors)."""
-        return FoldedCopy(self.channels_last)
+        return FoldedCopy(self.channels_last, self.frozen)

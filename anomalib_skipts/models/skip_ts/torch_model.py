@@ -242,6 +242,12 @@ def _teacher_from_state_dict(module: "SkipTSModel", state_dict: dict[str, Any], 
         module.refresh_inference_copies()
 
 
+def _refresh_after_loading(module: "SkipTSModel", incompatible_keys: Any) -> None:
+    """``load_state_dict`` post-hook: the loaded weights were written in place, so rebuild the folded copies."""
+    del incompatible_keys
+    module.refresh_inference_copies()
+
+
 class SkipTSModel(nn.Module):
     """Skip-TS teacher-student model.
 
@@ -321,12 +327,13 @@ class SkipTSModel(nn.Module):
         )
         self.channels_last = channels_last
         self.fold_batch_norm = fold_batch_norm
-        self._folded_teacher = FoldedCopy(channels_last=channels_last)
+        self._folded_teacher = FoldedCopy(channels_last=channels_last, frozen=True)
         self._folded_student = FoldedCopy(channels_last=channels_last)
         if channels_last:
             self.to(memory_format=torch.channels_last)
         self.register_state_dict_pre_hook(_load_pending_teacher_weights_before_saving)
         self.register_load_state_dict_pre_hook(_teacher_from_state_dict)
+        self.register_load_state_dict_post_hook(_refresh_after_loading)
 
     def load_teacher_weights(self) -> None:
         """Load the teacher's pending ImageNet weights now (download, or ``backbone_weights``); else do nothing.
@@ -368,8 +375,9 @@ class SkipTSModel(nn.Module):
     def refresh_inference_copies(self) -> None:
         """Drop the batch-norm-folded copies so that their next use rebuilds them from the current weights.
 
-        The copies also follow every change seen by PyTorch's version counters (optimizer steps,
-        ``load_state_dict``, moves); a change made through ``.data`` (EMA or SWA callbacks) is not
+        The student's copy also follows every change seen by PyTorch's version counters (optimizer
+        steps, moves), the frozen teacher's its moves and casts; ``load_state_dict`` and loading the
+        ImageNet weights call this. A change made through ``.data`` (EMA or SWA callbacks) is not
         seen, so ``SkipTS`` calls this at the start of each validation, test and predict loop.
         """
         self._folded_teacher.invalidate()
