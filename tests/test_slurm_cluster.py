@@ -3,10 +3,10 @@
 import subprocess
 from pathlib import Path
 
-from .slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 (fixture)
+from .slurm_cluster import SlurmCluster
 
 
-def test_local_cluster_runs_batch_jobs_and_steps(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:  # noqa: F811
+def test_local_cluster_runs_batch_jobs_and_steps(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     before = slurm_cluster.submitted_jobs()
     output = tmp_path / "job.out"
     script = "srun --ntasks=2 bash -c 'echo task $SLURM_PROCID'"
