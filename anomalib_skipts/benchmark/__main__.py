@@ -122,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dry_run(config, log, retry_failed=not args.no_retry_failed)
 
     from .report import recorded_command, write_report
-    from .runner import RUNS_CSV, BenchmarkRunner, write_config_snapshot
+    from .runners import BenchmarkRunner
+    from .store import RUNS_CSV, write_config_snapshot
 
     if not args.report_only:
         BenchmarkRunner(
@@ -190,7 +191,7 @@ def _anomalib(config: BenchmarkConfig, args: argparse.Namespace, log: logging.Lo
 
 
 def _dry_run(config: BenchmarkConfig, log: logging.Logger, retry_failed: bool) -> int:
-    from .runner import ResultStore
+    from .store import ResultStore
 
     store = ResultStore(config.output_dir)
     runs = config.runs()

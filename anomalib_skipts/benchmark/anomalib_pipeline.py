@@ -19,14 +19,8 @@ from typing import Any
 
 import yaml
 
+from .adapters import datamodule_init_args, model_recipe, resolve_datamodule_class
 from .config import BenchmarkConfig, RunSpec
-from .runner import (
-    datamodule_init_args,
-    encoder_swap,
-    model_init_args,
-    resolve_datamodule_class,
-    resolve_model_class,
-)
 
 PIPELINE_DIR = "anomalib_pipeline"
 
@@ -69,23 +63,23 @@ def to_anomalib_benchmark(config: BenchmarkConfig) -> tuple[dict[str, Any], list
         if "." in model.class_path:
             notes.append(f"model {model.name}: dotted class paths are rejected by get_model; left out")
             continue
+        run = RunSpec(model=model, dataset=probe_dataset, seed=config.seeds[0], protocol=config.protocol)
         try:
-            model_class = resolve_model_class(model.class_path)
+            recipe = model_recipe(run)
         except (ValueError, ImportError) as error:
             notes.append(f"model {model.name}: {error}; left out")
             continue
-        run = RunSpec(model=model, dataset=probe_dataset, seed=config.seeds[0], protocol=config.protocol)
+        model_class = recipe.model_class
         init_args = {
             key: _plain(value)
-            for key, value in model_init_args(run, model_class).items()
+            for key, value in recipe.init_args.items()
             if key not in {"pre_processor", "post_processor", "evaluator", "visualizer"}
         }
-        swap = encoder_swap(run, model_class)
-        if swap is not None:  # the benchmark swaps RD's encoder after building it; a YAML config cannot
+        if recipe.encoder is not None:  # the benchmark swaps RD's encoder after building it; a YAML config cannot
             init_args["pre_trained"] = True
             notes.append(
-                f"model {model.name}: gets timm's default weights for {init_args['backbone']} instead of {swap} "
-                "(the pipeline cannot replace its encoder)"
+                f"model {model.name}: gets timm's default weights for {init_args['backbone']} instead of "
+                f"{recipe.encoder} (the pipeline cannot replace its encoder)"
             )
         models.append({"class_path": model_class.__name__, "init_args": init_args})
     datasets = []

@@ -410,6 +410,23 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Benchma
     )
 
 
+def config_from_snapshot(data: Mapping[str, Any], output_dir: str | Path | None = None) -> BenchmarkConfig:
+    """Rebuild a config from the snapshot written next to its results (``config.yaml``).
+
+    Args:
+        data: The snapshot's content.
+        output_dir: Results folder replacing the snapshot's (the folder was moved or mounted elsewhere).
+
+    Returns:
+        BenchmarkConfig: The config, with the same runs and fingerprints as when it was written.
+    """
+    values = {key: value for key, value in data.items() if key not in {"command", "source", "protocol"}}
+    source = Path(data["source"]) if data.get("source") else None
+    config = parse_config({**values, "protocol": "paper"}, source=source)
+    protocol = _build(Protocol, {**dataclasses.asdict(Protocol()), **data["protocol"]}, where="protocol")
+    return dataclasses.replace(config, protocol=protocol, output_dir=Path(output_dir or config.output_dir))
+
+
 def parse_duration(value: float | str | None, where: str = "duration") -> float | None:
     """Read a duration in seconds: a number, or a string with unit ``s``, ``m`` or ``h`` (``"90m"``).
 

@@ -21,7 +21,7 @@ import yaml
 
 from .config import BenchmarkConfig, RunSpec
 from .metrics import plain_mean, weighted_mean
-from .runner import CONFIG_SNAPSHOT, RUNS_CSV, STATUS_OK
+from .store import CONFIG_SNAPSHOT, RUNS_CSV, STATUS_OK
 
 SUMMARY_MD = "summary.md"
 SUMMARY_CSV = "summary.csv"

@@ -12,7 +12,7 @@ import yaml
 from anomalib_skipts.benchmark.__main__ import main
 from anomalib_skipts.benchmark.config import parse_config
 from anomalib_skipts.benchmark.report import aggregate, build_summary
-from anomalib_skipts.benchmark.runner import write_config_snapshot
+from anomalib_skipts.benchmark.store import write_config_snapshot
 
 
 def _write_yaml(make_config, tmp_path: Path, **overrides) -> Path:

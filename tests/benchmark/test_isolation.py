@@ -15,7 +15,7 @@ import pytest
 from anomalib_skipts.benchmark.__main__ import main
 from anomalib_skipts.benchmark.config import RunSpec, parse_duration
 from anomalib_skipts.benchmark.isolation import RunLimits, describe_exit, fix_mmap_threshold
-from anomalib_skipts.benchmark.runner import BenchmarkRunner, execute_run
+from anomalib_skipts.benchmark.job import execute_run
 
 
 def _behave(run: RunSpec, run_dir: Path) -> dict[str, Any]:
@@ -59,6 +59,8 @@ def _models(*names: str) -> list[dict[str, str]]:
 
 
 def test_run_that_kills_itself_is_recorded_and_the_next_real_run_happens(make_config) -> None:
+    from anomalib_skipts.benchmark.runners import BenchmarkRunner  # not at the top: children import this module
+
     config = make_config(models=_models("Killer", "Real"))
     lines: list[str] = []
     frame = BenchmarkRunner(config, execute=_behave, log=lines.append).run().set_index("model")
@@ -81,6 +83,8 @@ def test_run_that_kills_itself_is_recorded_and_the_next_real_run_happens(make_co
 
 
 def test_memory_limit_kills_the_run_and_the_next_one_goes_on(make_config) -> None:
+    from anomalib_skipts.benchmark.runners import BenchmarkRunner  # not at the top: children import this module
+
     config = make_config(models=_models("Hog", "Fine"))
     limits = RunLimits(memory_limit_gb=0.6, poll_interval_s=0.1)
     frame = BenchmarkRunner(config, execute=_behave, log=lambda _: None, limits=limits).run().set_index("model")
@@ -95,6 +99,8 @@ def test_memory_limit_kills_the_run_and_the_next_one_goes_on(make_config) -> Non
 
 
 def test_time_limit_stops_the_run_and_the_next_one_goes_on(make_config) -> None:
+    from anomalib_skipts.benchmark.runners import BenchmarkRunner  # not at the top: children import this module
+
     config = make_config(models=_models("Sleeper", "Crasher", "Fine"), run_timeout="6s")
     start = time.perf_counter()
     frame = BenchmarkRunner(config, execute=_behave, log=lambda _: None).run().set_index("model")
@@ -110,6 +116,8 @@ def test_time_limit_stops_the_run_and_the_next_one_goes_on(make_config) -> None:
 
 def test_limits_from_the_command_line(make_config, tmp_path: Path) -> None:
     import yaml
+
+    from anomalib_skipts.benchmark.runners import BenchmarkRunner  # not at the top: children import this module
 
     config = make_config()
     path = tmp_path / "bench.yaml"
@@ -144,6 +152,8 @@ def test_mmap_threshold_is_fixed_in_each_run() -> None:
 
 
 def test_unpicklable_execute_is_refused_with_a_clear_error(make_config) -> None:
+    from anomalib_skipts.benchmark.runners import BenchmarkRunner  # not at the top: children import this module
+
     def local(run: RunSpec, run_dir: Path) -> dict[str, Any]:
         return {}
 

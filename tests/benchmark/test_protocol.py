@@ -7,7 +7,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
-from anomalib_skipts.benchmark.runner import _callbacks, build_model, execute_run, model_init_args, weights_fingerprint
+from anomalib_skipts.benchmark.adapters import build_model, model_init_args
+from anomalib_skipts.benchmark.callbacks import LastEpochGuard, weights_fingerprint
+from anomalib_skipts.benchmark.job import execute_run
 
 
 def _predictions(run_dir) -> pd.DataFrame:
@@ -44,7 +46,7 @@ def test_trained_for_all_epochs_and_evaluated_after_the_last(make_config, tmp_pa
 
 
 def test_guard_rejects_early_stopping_and_swapped_weights() -> None:
-    guard_class, _ = _callbacks()
+    guard_class = LastEpochGuard
     guard = guard_class()
     module = torch.nn.Linear(2, 2)
 
@@ -84,7 +86,7 @@ def test_split_follows_seed_only_when_asked(make_config) -> None:
     fixed = make_config(
         seeds=[5], datasets=[{"name": "P", "class_path": "anomalib_skipts.data.HeadPhantom", "seed_arg": "split_seed"}]
     )
-    from anomalib_skipts.benchmark.runner import datamodule_init_args, resolve_datamodule_class
+    from anomalib_skipts.benchmark.adapters import datamodule_init_args, resolve_datamodule_class
 
     run = fixed.runs()[0]
     cls = resolve_datamodule_class(run.dataset.class_path)
@@ -101,7 +103,7 @@ def test_split_follows_seed_only_when_asked(make_config) -> None:
 
 
 def test_protocol_fills_backbone_and_size_but_keeps_explicit_args(make_config) -> None:
-    from anomalib_skipts.benchmark.runner import resolve_model_class
+    from anomalib_skipts.benchmark.adapters import resolve_model_class
 
     config = make_config(
         models=[{"name": "RD", "class_path": "reverse_distillation", "init_args": {"backbone": "resnet34"}}, "Stfpm"]
@@ -121,8 +123,8 @@ def test_protocol_fills_backbone_and_size_but_keeps_explicit_args(make_config) -
 
 
 def test_paper_protocol_gives_every_backbone_model_the_same_weights_and_records_them() -> None:
+    from anomalib_skipts.benchmark.adapters import resolve_model_class, run_weights
     from anomalib_skipts.benchmark.config import parse_config
-    from anomalib_skipts.benchmark.runner import resolve_model_class, run_weights
 
     def weights(protocol: str) -> dict[str, tuple[str, str]]:
         config = parse_config({"protocol": protocol, "datasets": [{"name": "D", "class_path": "anomalib.data.Folder"}]})

@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 
 from anomalib_skipts.benchmark.config import RunSpec
-from anomalib_skipts.benchmark.runner import BenchmarkRunner, ResultStore, execute_run
+from anomalib_skipts.benchmark.job import execute_run
+from anomalib_skipts.benchmark.runners import BenchmarkRunner
+from anomalib_skipts.benchmark.store import ResultStore
 
 
 def _fake_row(run: RunSpec, status: str = "ok") -> dict[str, Any]:
@@ -135,12 +137,12 @@ def test_result_store_replaces_rows_atomically(tmp_path: Path) -> None:
 
 
 def test_keyboard_interrupt_is_not_swallowed(make_config, monkeypatch: pytest.MonkeyPatch) -> None:
-    from anomalib_skipts.benchmark import runner
+    from anomalib_skipts.benchmark import job
 
     def interrupt(run: RunSpec, run_dir: Path) -> dict[str, Any]:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "_train_and_test", interrupt)
+    monkeypatch.setattr(job, "_train_and_test", interrupt)
     config = make_config()
     with pytest.raises(KeyboardInterrupt):
         execute_run(config.runs()[0], config.output_dir / "runs" / "x")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F  # noqa: N812
 
-from anomalib_skipts.models import SkipTSModel
+from anomalib_skipts.models import SkipTS, SkipTSModel
 from anomalib_skipts.models.skip_ts.anomaly_map import AnomalyMapGenerator, cosine_distance_map
 
 CONFIGURED = (64, 64)
@@ -60,3 +60,16 @@ def test_operators_are_built_once_per_size_on_the_features_device() -> None:
     configured = generator.operators((16, 16))
     assert configured[0].shape == (64, 16)
     assert generator.operators((16, 16), CONFIGURED, "cpu")[0] is configured[0]  # precomputed at construction
+
+
+def test_any_pre_processor_size_builds_and_the_size_is_checked_when_a_loop_starts() -> None:
+    """anomalib builds models at sizes it never runs (its tiled ensemble reads the evaluator of a 10x10 model)."""
+    pre_processor = SkipTS.configure_pre_processor((10, 10))
+    model = SkipTS(backbone="resnet18", pre_trained=False, pre_processor=pre_processor)
+    assert model.evaluator is not None
+    for stage in ("fit", "validate", "test", "predict"):
+        with pytest.raises(ValueError, match=r"input_size=\(10, 10\).*multiples of 32.*pre-processor"):
+            model.setup(stage)
+    model.eval()
+    with torch.inference_mode():  # images of a valid size still run, with a map of their own size
+        assert model.model(torch.rand(1, 3, 64, 64)).anomaly_map.shape == (1, 1, 64, 64)

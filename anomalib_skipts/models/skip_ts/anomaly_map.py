@@ -119,7 +119,8 @@ class AnomalyMapGenerator(nn.Module):
 
     Args:
         image_size: Configured input image size ``(H, W)``: the map's size when ``forward`` is not
-            given one.
+            given one. ``None``: none configured (``forward`` must be given the size; nothing is
+            precomputed).
         layers: Which layer maps to sum, 1-based as in the paper (``M1`` is the largest map).
             ``(1, 2, 3)`` is the full method; ``(1, 2)``, ``(1, 3)``, ``(2, 3)`` are Table IV's ablations.
         sigma: Standard deviation of the Gaussian filter.
@@ -129,17 +130,17 @@ class AnomalyMapGenerator(nn.Module):
 
     def __init__(
         self,
-        image_size: tuple[int, int],
+        image_size: tuple[int, int] | None,
         layers: Sequence[int] = (1, 2, 3),
         sigma: float = PAPER_SIGMA,
         reductions: Sequence[int] = (4, 8, 16),
     ) -> None:
         super().__init__()
-        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
         self.layers = tuple(int(layer) for layer in layers)
         self.blur = GaussianBlur2d(sigma=sigma, channels=1)  # kernel 2 * int(4 * sigma + 0.5) + 1
         self._operators: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        for layer in self.layers:
+        for layer in self.layers if self.image_size is not None else ():
             map_size = tuple(side // reductions[layer - 1] for side in self.image_size)
             self.operators(map_size)
 
@@ -163,7 +164,12 @@ class AnomalyMapGenerator(nn.Module):
         Returns:
             ``rows`` of shape ``(H, h)`` and ``columns`` of shape ``(W, w)``.
         """
-        height, width = self.image_size if image_size is None else (int(image_size[0]), int(image_size[1]))
+        if image_size is None:
+            if self.image_size is None:
+                msg = "No image size: give the anomaly map's size, the generator was built without one."
+                raise ValueError(msg)
+            image_size = self.image_size
+        height, width = int(image_size[0]), int(image_size[1])
         device = torch.device("cpu") if device is None else torch.device(device)
         key = (height, width, int(map_size[0]), int(map_size[1]), device, dtype)
         cached = self._operators.get(key)

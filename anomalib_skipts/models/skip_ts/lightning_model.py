@@ -35,7 +35,7 @@ from torchvision.transforms import v2
 from .batch_norm_folding import unfold_state_dict
 from .feature_cache import FeatureCacheError, TeacherFeatureCache, samples_per_process
 from .loss import PAPER_BETA, SkipTSLoss, validate_loss_options
-from .torch_model import ANOMALY_MAP_LAYERS, SkipTSModel, resolve_backbone, validate_input_size
+from .torch_model import ANOMALY_MAP_LAYERS, SkipTSModel, input_size_error, resolve_backbone, validate_input_size
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +103,11 @@ class SkipTS(AnomalibModule):
             per-image cosine and MSE-based MAC). Defaults to ``"paper"``.
         anomaly_map_layers: Layer maps summed in Eq. 7 (1-based). Defaults to ``(1, 2, 3)``.
         upsample_kernel_size: Student transposed-convolution kernel: 3 (paper) or 2 (authors' code).
-        image_size: Input size for the default pre-processor, an int or ``(H, W)``, multiples of 32.
-            Defaults to 256x256 (the paper's). Ignored when a ``pre_processor`` instance is given.
+        image_size: Input size for the default pre-processor, an int or ``(H, W)``, multiples of 32
+            (another value fails here). Defaults to 256x256 (the paper's). Ignored when a
+            ``pre_processor`` instance is given: its resize is the input size, checked when a fit,
+            test, validation or predict starts, since anomalib builds models with pre-processors of
+            other sizes only to read their components (the tiled ensemble's metrics stage, at 10x10).
         lr: Adam learning rate. Defaults to ``0.005``.
         betas: Adam betas. Defaults to ``(0.5, 0.999)``.
         teacher_cache: Compute each training image's teacher features once and reuse them in later
@@ -169,11 +172,13 @@ class SkipTS(AnomalibModule):
         if input_size is None:
             msg = "Skip-TS needs a fixed input size: give image_size, or a pre_processor whose transform resizes."
             raise ValueError(msg)
+        self.input_size_error = input_size_error(input_size, name="input_size")
+        """Why the pre-processor's size cannot be run (raised by :meth:`setup`), or ``None``."""
         self.lr = lr
         self.betas = tuple(betas)
         self.model = SkipTSModel(
             backbone=backbone,
-            input_size=input_size,
+            input_size=None if self.input_size_error else input_size,
             pre_trained=pre_trained,  # the ImageNet weights are fetched at the teacher's first use, if at all
             backbone_weights=backbone_weights,
             num_skips=num_skips,
@@ -193,6 +198,23 @@ class SkipTS(AnomalibModule):
         self.teacher_cache = teacher_cache
         self.teacher_cache_mb = teacher_cache_mb
         self.feature_cache: TeacherFeatureCache | None = None
+
+    def setup(self, stage: str) -> None:
+        """Check, before any loop runs, that the pre-processor resizes to a size the teacher can take.
+
+        Args:
+            stage: The loop that starts (``"fit"``, ``"validate"``, ``"test"`` or ``"predict"``).
+
+        Raises:
+            ValueError: If the pre-processor's size is not two multiples of 32.
+        """
+        super().setup(stage)
+        if self.input_size_error is not None:
+            msg = (
+                f"{self.input_size_error} It is the size the pre-processor resizes to: build SkipTS with "
+                "image_size=..., or with a pre_processor whose Resize has such a size."
+            )
+            raise ValueError(msg)
 
     def _cache_unsafe_reason(self) -> str | None:
         """Why caching teacher features would change training, or ``None`` when it is safe."""

@@ -113,8 +113,31 @@ def resolve_backbone(backbone: str) -> str:
     return f"{architecture}.{tag}"
 
 
-def validate_input_size(input_size: Sequence[int]) -> tuple[int, int]:
+def input_size_error(input_size: Sequence[int], name: str = "image_size") -> str | None:
+    """Say why an input size cannot be used, or return ``None`` when both sides are positive multiples of 32.
+
+    Args:
+        input_size: ``(H, W)``.
+        name: What the size is called in the message (the argument, or where it comes from).
+
+    Returns:
+        The message of the ``ValueError`` that :func:`validate_input_size` raises, or ``None``.
+    """
+    size = tuple(int(side) for side in input_size)
+    if len(size) == 2 and all(side > 0 and side % INPUT_STRIDE == 0 for side in size):
+        return None
+    return (
+        f"{name}={tuple(input_size)} is not allowed: use a height and width that are positive multiples of "
+        f"{INPUT_STRIDE} (the teacher downsamples by {INPUT_STRIDE}), e.g. 256 (the paper's) or 128."
+    )
+
+
+def validate_input_size(input_size: Sequence[int], name: str = "image_size") -> tuple[int, int]:
     """Check that both sides are positive multiples of 32 (the teacher's total stride).
+
+    Args:
+        input_size: ``(H, W)``.
+        name: What the size is called in the error message.
 
     Returns:
         The size as ``(H, W)``.
@@ -122,14 +145,10 @@ def validate_input_size(input_size: Sequence[int]) -> tuple[int, int]:
     Raises:
         ValueError: If the size is not two positive multiples of 32.
     """
-    size = tuple(int(side) for side in input_size)
-    if len(size) != 2 or any(side <= 0 or side % INPUT_STRIDE for side in size):
-        msg = (
-            f"image_size={tuple(input_size)} is not allowed: use a height and width that are positive multiples of "
-            f"{INPUT_STRIDE} (the teacher downsamples by {INPUT_STRIDE}), e.g. 256 (the paper's) or 128."
-        )
-        raise ValueError(msg)
-    return size  # type: ignore[return-value]
+    message = input_size_error(input_size, name)
+    if message is not None:
+        raise ValueError(message)
+    return int(input_size[0]), int(input_size[1])
 
 
 def load_backbone_weights(feature_extractor: nn.Module, path: str | Path) -> None:
@@ -261,7 +280,9 @@ class SkipTSModel(nn.Module):
             pretrained tag may follow (``"resnet18.a1_in1k"``). Without one the teacher gets
             torchvision's ImageNet weights (``tv_in1k``), as in the paper.
         input_size: Configured input image size ``(H, W)``, multiples of 32. Inputs of any other size
-            that is a multiple of 32 give anomaly maps of their own size.
+            that is a multiple of 32 give anomaly maps of their own size. ``None``: no configured size
+            (``SkipTS`` builds such a model when its pre-processor resizes to a size the teacher cannot
+            take; only ``forward`` on images of a valid size, and no fit, can use it).
         pre_trained: Use ImageNet weights for the teacher (downloaded through timm).
         backbone_weights: Path of a local teacher checkpoint, used instead of downloading.
 
@@ -284,7 +305,7 @@ class SkipTSModel(nn.Module):
     def __init__(
         self,
         backbone: str = "wide_resnet50_2",
-        input_size: Sequence[int] = (256, 256),
+        input_size: Sequence[int] | None = (256, 256),
         pre_trained: bool = True,
         backbone_weights: str | Path | None = None,
         num_skips: int = MAX_SKIPS,
@@ -296,7 +317,7 @@ class SkipTSModel(nn.Module):
         super().__init__()
         self.tiler: Tiler | None = None  # set by anomalib's TilerConfigurationCallback
         backbone = resolve_backbone(backbone)
-        input_size = validate_input_size(input_size)
+        input_size = None if input_size is None else validate_input_size(input_size)
         if num_skips not in range(MAX_SKIPS + 1):
             msg = f"num_skips={num_skips!r} is not allowed: use 0, 1 or 2 (Skip-ST0 / ST1 / ST2; the paper's is 2)."
             raise ValueError(msg)
@@ -416,7 +437,14 @@ class SkipTSModel(nn.Module):
         return self.student
 
     def teacher_feature_bytes(self, dtype: torch.dtype = torch.float16) -> int:
-        """Memory taken by one image's teacher features ``F_t^1..F_t^4`` stored in ``dtype``."""
+        """Memory taken by one image's teacher features ``F_t^1..F_t^4`` stored in ``dtype``.
+
+        Raises:
+            ValueError: If the model has no configured input size.
+        """
+        if self.anomaly_map_generator.image_size is None:
+            msg = "The model has no configured input size: build it with input_size=(H, W), multiples of 32."
+            raise ValueError(msg)
         height, width = self.anomaly_map_generator.image_size
         values = sum(
             channels * (height // reduction) * (width // reduction)
