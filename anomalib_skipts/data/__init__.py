@@ -12,6 +12,7 @@ from anomalib_skipts.data.medical_folder import (
     SplitError,
 )
 from anomalib_skipts.data.phantom import HeadPhantom, generate_head_phantom
+from anomalib_skipts.data.predict import MedicalInputs, MedicalPredictDataset
 from anomalib_skipts.data.readers import DICOM_WINDOWS, ImageReadError, read_image, read_mask
 from anomalib_skipts.data.registry import (
     BUSI,
@@ -59,6 +60,8 @@ __all__ = [
     "MedicalDataModule",
     "MedicalFolder",
     "MedicalFolderDataset",
+    "MedicalInputs",
+    "MedicalPredictDataset",
     "RetinalOCT",
     "SplitCounts",
     "SplitError",
