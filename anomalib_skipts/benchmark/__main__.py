@@ -106,11 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.config is None:
         parser.error("--config is required")
-    full = load_config(args.config, protocol=args.protocol, output_dir=args.output, max_epochs=args.max_epochs)
     try:
+        full = load_config(args.config, protocol=args.protocol, output_dir=args.output, max_epochs=args.max_epochs)
         full = _with_limits(full, args)
-    except ValueError as error:
-        parser.error(str(error))
+    except (ValueError, KeyError) as error:
+        parser.error(str(error.args[0]) if isinstance(error, KeyError) else str(error))
     config = full.select(models=args.models, datasets=args.datasets, seeds=args.seeds)
     # The summary covers every model and dataset of the config (runs of other selections included).
     report_config = replace(full, seeds=tuple(dict.fromkeys([*full.seeds, *config.seeds])))

@@ -6,6 +6,9 @@ Sec. IV): every model sees the same image size, the same data split and the same
 for a fixed number of epochs and is evaluated after the LAST epoch (no early stopping, no
 best-epoch picking).
 
+Keys and value types are checked with jsonargparse (anomalib's own config machinery): a wrong key
+or value is reported with the key, the expected type and the file and entry it is in.
+
 A benchmark YAML looks like this (every key except ``datasets`` is optional)::
 
     name: cpu_quick
@@ -32,15 +35,21 @@ A benchmark YAML looks like this (every key except ``datasets`` is optional)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import operator
 import re
+import types as types_module
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from jsonargparse import ArgumentError, ArgumentParser
+from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt, restricted_string_type
 
 DEFAULT_MODELS: tuple[str, ...] = ("SkipTS", "Padim", "Patchcore", "Stfpm", "ReverseDistillation")
 """Models run when a config names none: Skip-TS and anomalib's built-in baselines of Table II."""
@@ -81,16 +90,16 @@ class Protocol:
     image_size: tuple[int, int] = (256, 256)
     backbone: str | None = "wide_resnet50_2"
     pre_trained: bool = True
-    max_epochs: int = 200
+    max_epochs: PositiveInt = 200
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    train_batch_size: int = 16
-    eval_batch_size: int = 16
-    num_workers: int = 4
+    train_batch_size: PositiveInt = 16
+    eval_batch_size: PositiveInt = 16
+    num_workers: NonNegativeInt = 4
     accelerator: str = "auto"
     run_validation: bool = False
     vary_split_with_seed: bool = False
-    throughput_images: int = 64
-    overlay_images: int = 4
+    throughput_images: PositiveInt = 64
+    overlay_images: NonNegativeInt = 4
 
     def replace(self, **changes: Any) -> Protocol:
         """Return a copy with some fields changed (values are type-normalised).
@@ -101,7 +110,7 @@ class Protocol:
         Returns:
             Protocol: The updated protocol.
         """
-        return _build(Protocol, {**dataclasses.asdict(self), **changes}, where="protocol")
+        return _build(Protocol, {**dataclasses.asdict(self), **_checked(changes, "protocol", "protocol")}, "protocol")
 
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -157,7 +166,7 @@ class ModelSpec:
     name: str
     class_path: str
     init_args: dict[str, Any] = field(default_factory=dict)
-    max_epochs: int | None = None
+    max_epochs: PositiveInt | None = None
     group: str | None = None
 
 
@@ -338,6 +347,9 @@ def load_config(
         BenchmarkConfig: The parsed config.
     """
     path = Path(path)
+    if not path.is_file():
+        msg = f"No benchmark config {path}: give a YAML file (see configs/benchmark/)."
+        raise ValueError(msg)
     with path.open(encoding="utf-8") as file:
         data = yaml.safe_load(file) or {}
     if protocol is not None:
@@ -364,16 +376,18 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Benchma
     Raises:
         ValueError: On unknown keys, duplicate names or a config without datasets.
     """
-    known = {"name", "output_dir", "protocol", "seeds", "models", "datasets", "kde_models"}
-    known |= {"run_timeout", "run_memory_limit", "isolate"}
-    _check_keys(data, known, "config")
+    where = f"benchmark config {source}" if source else "benchmark config"
+    data = _checked(data, "config", where)
     name = str(data.get("name") or (source.stem if source else "benchmark"))
-    protocol = _parse_protocol(data.get("protocol", "paper"))
-    models = tuple(_parse_model(item) for item in (data.get("models") or DEFAULT_MODELS))
+    protocol = _parse_protocol(data.get("protocol") or "paper", where)
+    models = tuple(
+        _parse_model(item, f"{where}, models[{index}]")
+        for index, item in enumerate(data.get("models") or DEFAULT_MODELS)
+    )
     if not data.get("datasets"):
         msg = "A benchmark config needs at least one entry under 'datasets'."
         raise ValueError(msg)
-    datasets = tuple(_parse_dataset(item) for item in data["datasets"])
+    datasets = tuple(_parse_dataset(item, f"{where}, datasets[{index}]") for index, item in enumerate(data["datasets"]))
     for kind, specs in (("model", models), ("dataset", datasets)):
         names = [spec.name for spec in specs]
         duplicates = sorted({item for item in names if names.count(item) > 1})
@@ -405,8 +419,8 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Benchma
         kde_models=kde_models,
         source=source,
         run_timeout=parse_duration(data.get("run_timeout"), "run_timeout"),
-        run_memory_limit=parse_positive(data.get("run_memory_limit"), "run_memory_limit (GB)"),
-        isolate=bool(data.get("isolate", True)),
+        run_memory_limit=data.get("run_memory_limit"),
+        isolate=data.get("isolate") is not False,
     )
 
 
@@ -477,54 +491,43 @@ def parse_positive(value: Any, where: str) -> float | None:
     return number
 
 
-def _parse_protocol(item: str | Mapping[str, Any]) -> Protocol:
+def _parse_protocol(item: str | Mapping[str, Any], where: str) -> Protocol:
     if isinstance(item, str):
         return get_protocol(item)
-    if not isinstance(item, Mapping):
-        msg = f"'protocol' must be a name or a mapping, got {item!r}"
-        raise TypeError(msg)
-    overrides = dict(item)
+    overrides = _checked(item, "protocol", f"{where}, protocol")
     base_name = overrides.pop("name", None)
     base = get_protocol(base_name) if base_name else Protocol()
-    _check_keys(overrides, {f.name for f in dataclasses.fields(Protocol)}, "protocol")
     if base_name is None:
         overrides["name"] = "custom"
     return base.replace(**overrides)
 
 
-def _parse_model(item: str | Mapping[str, Any]) -> ModelSpec:
+def _parse_model(item: str | Mapping[str, Any], where: str) -> ModelSpec:
     if isinstance(item, str):
         return ModelSpec(name=item.rsplit(".", 1)[-1], class_path=item)
-    _check_keys(item, {f.name for f in dataclasses.fields(ModelSpec)}, "model")
-    class_path = item.get("class_path") or item.get("name")
+    values = _checked(item, "model", where)
+    class_path = values.get("class_path") or values.get("name")
     if not class_path:
-        msg = f"A model entry needs 'class_path' or 'name': {dict(item)!r}"
+        msg = f"A model entry needs 'class_path' or 'name' ({where}): {dict(item)!r}"
         raise ValueError(msg)
-    return _build(ModelSpec, {"name": class_path.rsplit(".", 1)[-1], **item, "class_path": class_path}, "model")
+    return _build(ModelSpec, {"name": class_path.rsplit(".", 1)[-1], **values, "class_path": class_path}, "model")
 
 
-def _parse_dataset(item: Mapping[str, Any]) -> DatasetSpec:
-    if not isinstance(item, Mapping) or "class_path" not in item:
-        msg = f"A dataset entry needs a 'class_path': {item!r}"
+def _parse_dataset(item: Mapping[str, Any], where: str) -> DatasetSpec:
+    values = _checked(item, "dataset", where)
+    if not values.get("class_path"):
+        msg = f"A dataset entry needs a 'class_path' ({where}): {dict(item)!r}"
         raise ValueError(msg)
-    _check_keys(item, {f.name for f in dataclasses.fields(DatasetSpec)}, "dataset")
-    return _build(DatasetSpec, {"name": item["class_path"].rsplit(".", 1)[-1], **item}, "dataset")
+    return _build(DatasetSpec, {"name": values["class_path"].rsplit(".", 1)[-1], **values}, "dataset")
 
 
 def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    """Instantiate a config dataclass with light type normalisation (lists -> tuples)."""
+    """Instantiate a config dataclass (lists -> tuples, a single image side -> a square size)."""
     values = dict(values)
     if cls is Protocol:
-        size = values.get("image_size")
-        if isinstance(size, int):
-            size = (size, size)
-        values["image_size"] = tuple(int(v) for v in size)
-        if len(values["image_size"]) != 2:
-            msg = f"{where}.image_size must be an int or [height, width], got {size!r}"
-            raise ValueError(msg)
+        size = values["image_size"]
+        values["image_size"] = (int(size), int(size)) if isinstance(size, int) else tuple(int(v) for v in size)
         values["seeds"] = tuple(int(v) for v in values["seeds"])
-        for key in ("max_epochs", "train_batch_size", "eval_batch_size", "num_workers"):
-            values[key] = int(values[key])
     if "init_args" in values:
         values["init_args"] = dict(values["init_args"] or {})
     try:
@@ -534,11 +537,76 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
         raise ValueError(msg) from error
 
 
-def _check_keys(data: Mapping[str, Any], known: set[str], where: str) -> None:
-    unknown = sorted(set(data) - known)
-    if unknown:
-        msg = f"Unknown key(s) {unknown} in {where}; known keys: {sorted(known)}"
+Duration = restricted_string_type("Duration", r"(?i)^\s*([0-9]*\.?[0-9]+\s*[smh]?|none)\s*$")
+"""Seconds with an optional unit ``s``, ``m`` or ``h`` (``"90m"``), or ``"none"``."""
+
+_CONFIG_TYPES: dict[str, Any] = {
+    "name": str,
+    "output_dir": str,
+    "protocol": str | dict[str, Any],
+    "seeds": list[int],
+    "models": list[str | dict[str, Any]],
+    "datasets": list[dict[str, Any]],
+    "kde_models": list[str],
+    "run_timeout": PositiveFloat | Duration,
+    "run_memory_limit": PositiveFloat,
+    "isolate": bool,
+}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    """Annotated types of a config dataclass, without ``None`` (a null value means the default)."""
+    types = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        kept = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        types[name] = functools.reduce(operator.or_, kept) if isinstance(hint, types_module.UnionType) else hint
+    return types
+
+
+_TYPES: dict[str, dict[str, Any]] = {
+    "config": _CONFIG_TYPES,
+    # The dataclasses' own annotations, so that a new field is declared once; an image size may be one side.
+    "protocol": _field_types(Protocol) | {"image_size": PositiveInt | tuple[PositiveInt, PositiveInt]},
+    "model": _field_types(ModelSpec),
+    "dataset": _field_types(DatasetSpec),
+}
+_NULLABLE = {
+    kind: {name for name, hint in typing.get_type_hints(cls).items() if type(None) in typing.get_args(hint)}
+    for kind, cls in (("protocol", Protocol), ("model", ModelSpec), ("dataset", DatasetSpec))
+}
+"""Fields whose ``null`` means something (no backbone override, the protocol's epochs, ...); elsewhere
+``null`` means the default."""
+
+
+@functools.cache
+def _parser(kind: str) -> ArgumentParser:
+    """Build the jsonargparse parser (anomalib's config machinery) of one part of the YAML, every key optional."""
+    parser = ArgumentParser(exit_on_error=False, default_meta=False)
+    for key, kind_type in _TYPES[kind].items():
+        parser.add_argument(f"--{key}", type=kind_type)
+    return parser
+
+
+def _checked(data: Any, kind: str, where: str) -> dict[str, Any]:
+    """Check a mapping's keys and value types with jsonargparse; return the typed values of its keys.
+
+    Raises:
+        ValueError: Naming the key, the expected type and where it is (file and entry).
+    """
+    if not isinstance(data, Mapping):
+        msg = f"{where} must be a mapping, got {data!r}"
         raise ValueError(msg)
+    unknown = sorted(set(data) - set(_TYPES[kind]))
+    if unknown:
+        msg = f"Unknown key(s) {unknown} in {where}; known keys: {sorted(_TYPES[kind])}"
+        raise ValueError(msg)
+    given = {key: value for key, value in data.items() if value is not None}  # null: the default
+    try:
+        values = json.loads(json.dumps(_parser(kind).parse_object(given).as_dict()))  # plain ints, lists
+    except ArgumentError as error:
+        msg = " ".join(f"Invalid value in {where}: {error}".split())
+        raise ValueError(msg) from None
+    return {key: values.get(key) for key in data if key in given or key in _NULLABLE.get(kind, ())}
 
 
 def _keep(specs: tuple[Any, ...], names: Sequence[str] | None, kind: str) -> tuple[Any, ...]:
