@@ -32,6 +32,9 @@ METRICS: dict[str, str] = {
     "pixel_auroc": "Pixel AUROC (%)",
     "pixel_aupro": "Pixel AUPRO, FPR limit 0.3 (%)",
     "pixel_dice": "Dice at 0.8 on the per-image min-max normalised anomaly map (%)",
+    "patient_auroc": "Patient AUROC (%)",
+    "patient_f1": "Patient F1 at the Youden threshold (%)",
+    "patient_accuracy": "Patient accuracy at the Youden threshold (%)",
 }
 
 
