@@ -121,12 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         return _dry_run(config, log, retry_failed=not args.no_retry_failed)
 
+    from .pipeline import BenchmarkPipeline
     from .report import recorded_command, write_report
-    from .runners import BenchmarkRunner
     from .store import RUNS_CSV, write_config_snapshot
 
     if not args.report_only:
-        BenchmarkRunner(
+        BenchmarkPipeline(
             config,
             retry_failed=not args.no_retry_failed,
             log=log.info,
