@@ -35,7 +35,7 @@ _LAZY = {
     "count_parameters": "cost",
     "measure_throughput": "cost",
     "BaseRunner": "runners",
-    "BenchmarkRunner": "runners",
+    "BenchmarkRunner": "pipeline",
     "SerialRunner": "runners",
     "BenchmarkJob": "pipeline",
     "BenchmarkJobGenerator": "pipeline",

@@ -69,7 +69,7 @@ def test_one_run_by_id_from_the_snapshot(make_config) -> None:
 
 
 def test_runs_csv_columns_of_an_isolated_run(make_config) -> None:
-    from anomalib_skipts.benchmark.runners import BenchmarkRunner
+    from anomalib_skipts.benchmark.pipeline import BenchmarkRunner
 
     config = make_config(models=["Padim"])
     frame = BenchmarkRunner(config, log=lambda _: None).run()
