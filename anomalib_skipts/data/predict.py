@@ -323,9 +323,9 @@ class MedicalInputs(Callback):
     :class:`~anomalib_skipts.data.medical_folder.MedicalFolderDataset` or a
     :class:`MedicalPredictDataset`), this callback
 
-    - gives every :class:`MedicalPredictDataset` the input settings of the loaded checkpoint (or, for a
-      model trained in the same trainer, of its training datamodule), so that files are read with the
-      training window;
+    - gives every :class:`MedicalPredictDataset` the input settings of the loaded checkpoint (else
+      those the model keeps, as Skip-TS does, else those of the datamodule it was trained on in the
+      same trainer), so that files are read with the training window;
     - replaces anomalib's :class:`~anomalib.visualization.ImageVisualizer` by a
       :class:`MedicalImageVisualizer` with the same settings, fed with the images as they were read.
 
@@ -368,6 +368,8 @@ class MedicalInputs(Callback):
         if not self._active:
             return
         settings, source = self._checkpoint_settings, "checkpoint"
+        if settings is None:  # a model that keeps its settings itself (Skip-TS), e.g. loaded without a trainer
+            settings, source = getattr(trainer.lightning_module, "input_settings", None), "model"
         if settings is None:
             settings, source = self._trained_settings, "training datamodule"
         for loader, dataset in zip(loaders, datasets, strict=True):

@@ -196,3 +196,14 @@ def test_cli_train_and_predict_on_dicom(
         trained = np.abs(drawn - _expected_panel(image_path, TRAIN_WINDOW, side)).mean()
         own = np.abs(drawn - _expected_panel(image_path, None, side)).mean()
         assert trained < 4 < own  # read with the training window from the checkpoint, not the file's
+
+
+def test_a_loaded_skipts_model_brings_its_settings_without_ckpt_path(
+    ct_root: Path, skipts_checkpoint: Path, tmp_path: Path
+) -> None:
+    model = SkipTS.load_from_checkpoint(skipts_checkpoint, visualizer=False)
+    assert model.input_settings["dicom_window"] == list(TRAIN_WINDOW)
+    dataset = MedicalPredictDataset(path=ct_root / "dicom" / "abnormal")
+    predictions = _engine(tmp_path).predict(model=model, dataset=dataset)
+    assert dataset.window == TRAIN_WINDOW
+    assert sum(len(batch.pred_score) for batch in predictions) == 4
