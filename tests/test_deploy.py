@@ -7,22 +7,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from anomalib.deploy import ExportType
-from anomalib.engine import Engine
 
 from anomalib_skipts.data import MedicalFolder, MedicalPredictDataset
 from anomalib_skipts.deploy import export_input_settings, main, predict_folder
 from anomalib_skipts.models import SkipTS
 
-from .data.medical_inputs import SIZE, TRAIN_WINDOW, ensure_entry_point, write_ct_tree
+from .data.medical_inputs import SIZE, TRAIN_WINDOW, ensure_entry_point, make_engine, write_ct_tree
 
 pytest.importorskip("pydicom")
 pytest.importorskip("openvino")
-
-
-def _engine(root: Path, **kwargs: object) -> Engine:
-    return Engine(
-        default_root_dir=root, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, **kwargs
-    )
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +35,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict
         train_batch_size=3,
         num_workers=0,
     )
-    engine = _engine(root / "train", max_epochs=1)
+    engine = make_engine(root / "train", max_epochs=1)
     engine.fit(model=SkipTS(backbone="resnet18", pre_trained=False, image_size=64), datamodule=datamodule)
     checkpoint = Path(engine.trainer.checkpoint_callback.best_model_path)
     exports = {
-        export_type.value: _engine(root / "export").export(
+        export_type.value: make_engine(root / "export").export(
             model=SkipTS(),
             export_type=export_type,
             export_root=root / "export",
@@ -74,7 +67,7 @@ def test_engine_openvino_and_torch_exports_give_the_same_scores(
     monkeypatch.chdir(tmp_path)  # OpenVINO's inferencer writes an openvino_cache/ folder here
     monkeypatch.setenv("TRUST_REMOTE_CODE", "1")  # anomalib's opt-in for the torch export we just wrote
     data, checkpoint, exports = exported
-    predictions = _engine(tmp_path / "engine").predict(
+    predictions = make_engine(tmp_path / "engine").predict(
         model=SkipTS(visualizer=False), dataset=MedicalPredictDataset(path=data / kind), ckpt_path=checkpoint
     )
     engine = {

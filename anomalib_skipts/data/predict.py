@@ -51,7 +51,7 @@ from torchvision.transforms.v2 import Transform
 
 from anomalib_skipts.data.listing import list_folder
 from anomalib_skipts.data.medical_folder import MedicalDataModule, MedicalFolderDataset
-from anomalib_skipts.data.readers import DICOM_WINDOWS, DicomWindow, is_dicom_file, read_image
+from anomalib_skipts.data.readers import DicomWindow, _resolve_window, is_dicom_file, read_image
 from anomalib_skipts.input_settings import READER, find_input_settings
 
 __all__ = [
@@ -66,16 +66,7 @@ logger = logging.getLogger(__name__)
 
 
 def _window_values(window: DicomWindow | list[float] | None) -> tuple[float, float] | None:
-    if window is None:
-        return None
-    if isinstance(window, str):
-        key = window.strip().lower().replace("-", "_").replace(" ", "_")
-        if key not in DICOM_WINDOWS:
-            msg = f"Unknown DICOM window {window!r}: give (center, width) or one of {sorted(DICOM_WINDOWS)}."
-            raise ValueError(msg)
-        return DICOM_WINDOWS[key]
-    center, width = (float(value) for value in window)
-    return center, width
+    return _resolve_window(window, Path())
 
 
 def same_window(first: DicomWindow | list[float] | None, second: DicomWindow | list[float] | None) -> bool:
