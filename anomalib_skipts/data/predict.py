@@ -328,6 +328,7 @@ class MedicalInputs(Callback):
         self._trained_settings: dict[str, Any] | None = None
         self._checkpoint_settings: dict[str, Any] | None = None
         self._visualizers: dict[int, MedicalImageVisualizer] = {}
+        self._originals: dict[int, ImageVisualizer] = {}
         self._images: dict[int, torch.Tensor] = {}
         self._active = False
 
@@ -379,6 +380,7 @@ class MedicalInputs(Callback):
                 key = id(callback)
                 if key not in self._visualizers:
                     self._visualizers[key] = MedicalImageVisualizer.like(callback, self)
+                    self._originals[id(self._visualizers[key])] = callback
                 trainer.callbacks[index] = self._visualizers[key]
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -413,12 +415,29 @@ class MedicalInputs(Callback):
         """Return the images of ``batch`` as read (``(N, 3, H, W)`` in ``[0, 1]``), once; ``None`` if not kept."""
         return self._images.pop(id(batch), None)
 
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Drop images no visualizer took."""
-        del trainer, pl_module
+    def _finish(self, trainer: Trainer) -> None:
+        """Give the model's visualizers back to the trainer (the next run attaches them again), drop images."""
+        for index, callback in enumerate(trainer.callbacks):
+            original = self._originals.get(id(callback))
+            if original is not None:
+                trainer.callbacks[index] = original
         self._images.clear()
+        self._active = False
 
-    on_predict_end = on_test_end
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Restore the trainer's callbacks."""
+        del pl_module
+        self._finish(trainer)
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Restore the trainer's callbacks."""
+        del pl_module
+        self._finish(trainer)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Restore the trainer's callbacks."""
+        del pl_module, exception
+        self._finish(trainer)
 
 
 def medical_input_callbacks() -> list[Callback]:

@@ -86,6 +86,7 @@ def test_baseline_test_draws_what_the_model_saw(ct_root: Path, tmp_path: Path, k
     engine = make_engine(tmp_path, max_epochs=1)
     engine.fit(model=model, datamodule=datamodule)
     engine.test(model=model, datamodule=datamodule)
+    engine.test(model=model, datamodule=datamodule)  # the same trainer again: drawn once more, as read
     pictures = _pictures(tmp_path)
     test_paths = list(datamodule.test_data.samples.image_path)
     assert len(pictures) == len(test_paths) == 4
