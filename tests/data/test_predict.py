@@ -203,3 +203,12 @@ def test_a_loaded_skipts_model_brings_its_settings_without_ckpt_path(
     predictions = make_engine(tmp_path).predict(model=model, dataset=dataset)
     assert dataset.window == TRAIN_WINDOW
     assert sum(len(batch.pred_score) for batch in predictions) == 4
+
+
+def test_datamodule_warns_when_the_checkpoint_was_trained_with_another_window(
+    ct_root: Path, skipts_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    datamodule = _datamodule(ct_root, "dicom", dicom_window=FILE_WINDOW)
+    with caplog.at_level(logging.WARNING):
+        make_engine(tmp_path).test(model=SkipTS(visualizer=False), datamodule=datamodule, ckpt_path=skipts_checkpoint)
+    assert "the checkpoint's model was trained with [40.0, 80.0]" in caplog.text
