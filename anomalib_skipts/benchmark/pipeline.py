@@ -28,7 +28,7 @@ from .job import Execute, execute_isolated, execute_run
 from .store import ResultStore, read_config_snapshot
 
 if TYPE_CHECKING:
-    from .config import BenchmarkConfig, RunSpec
+    from .specs import BenchmarkConfig, RunSpec
 
 
 # ------------------------------------------------------------------------------------------------

@@ -27,8 +27,8 @@ from .pipeline import BenchmarkJob, BenchmarkJobGenerator
 from .store import STATUS_OK, ResultStore, write_config_snapshot
 
 if TYPE_CHECKING:
-    from .config import BenchmarkConfig, RunSpec
     from .isolation import RunLimits
+    from .specs import BenchmarkConfig, RunSpec
 
 logger = logging.getLogger(__name__)
 

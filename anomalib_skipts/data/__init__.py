@@ -1,6 +1,7 @@
 """Medical datamodules for anomalib: any folder of medical images, and the Skip-TS benchmark datasets."""
 
 from anomalib_skipts.data.bmad import BMAD, BMAD_CATEGORIES
+from anomalib_skipts.data.items import MedicalImageBatch, MedicalImageItem
 from anomalib_skipts.data.medianomaly import MEDIANOMALY_CATEGORIES, MedIAnomaly
 from anomalib_skipts.data.medical_folder import (
     DatasetProblem,
@@ -11,6 +12,7 @@ from anomalib_skipts.data.medical_folder import (
     SplitError,
 )
 from anomalib_skipts.data.phantom import HeadPhantom, generate_head_phantom
+from anomalib_skipts.data.predict import MedicalInputs, MedicalPredictDataset
 from anomalib_skipts.data.readers import DICOM_WINDOWS, ImageReadError, read_image, read_mask
 from anomalib_skipts.data.registry import (
     BUSI,
@@ -29,6 +31,8 @@ from anomalib_skipts.data.registry import (
     get_datamodule,
     get_dataset,
 )
+from anomalib_skipts.data.volume_phantom import generate_volume_phantom
+from anomalib_skipts.data.volumes import VolumeFolder, VolumeSliceDataset
 
 __all__ = [
     "BMAD",
@@ -50,14 +54,21 @@ __all__ = [
     "InvalidDatasetError",
     "MEDIANOMALY_CATEGORIES",
     "MalariaCell",
+    "MedicalImageBatch",
+    "MedicalImageItem",
     "MedIAnomaly",
     "MedicalDataModule",
     "MedicalFolder",
     "MedicalFolderDataset",
+    "MedicalInputs",
+    "MedicalPredictDataset",
     "RetinalOCT",
     "SplitCounts",
     "SplitError",
+    "VolumeFolder",
+    "VolumeSliceDataset",
     "generate_head_phantom",
+    "generate_volume_phantom",
     "get_datamodule",
     "get_dataset",
     "read_image",

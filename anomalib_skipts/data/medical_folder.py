@@ -47,6 +47,7 @@ import logging
 from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from anomalib import TaskType
@@ -71,6 +72,7 @@ from anomalib_skipts.data.problems import DatasetProblem, InvalidDatasetError, S
 from anomalib_skipts.data.readers import DicomWindow, read_image, read_mask
 from anomalib_skipts.data.split import add_patients, assign_split, check_split_arguments
 from anomalib_skipts.data.validation import select_samples, validate_samples
+from anomalib_skipts.input_settings import INPUT_SETTINGS_KEY, describe_inputs
 
 __all__ = [
     "DEFAULT_MASK_SUFFIX",
@@ -280,6 +282,43 @@ class MedicalDataModule(AnomalibDataModule):
     def name(self) -> str:
         """Name of the datamodule."""
         return self._name
+
+    def input_settings(self) -> dict[str, Any]:
+        """How this datamodule reads images (reader and DICOM window), as stored in checkpoints."""
+        return describe_inputs(self.dicom_window)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the input settings; Lightning stores them in every checkpoint, for prediction and export."""
+        return {**super().state_dict(), INPUT_SETTINGS_KEY: self.input_settings()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Warn when a checkpoint's model was trained on images read with another DICOM window."""
+        from anomalib_skipts.data.predict import same_window  # the predict module builds on this one
+
+        super().load_state_dict(state_dict)
+        trained = (state_dict.get(INPUT_SETTINGS_KEY) or {}).get("dicom_window", self.dicom_window)
+        if not same_window(trained, self.dicom_window):
+            logger.warning(
+                "%s reads DICOM images with the window %r, but the checkpoint's model was trained with %r: its "
+                "scores and threshold may not apply. Pass dicom_window=%r to read as in training.",
+                self.name,
+                self.dicom_window,
+                trained,
+                trained,
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        """Set up the data; in a trainer, also read and draw test and predict data as in training.
+
+        Adds :class:`~anomalib_skipts.data.predict.MedicalInputs` to the trainer when it is missing (it
+        is registered with Lightning when the package is installed).
+        """
+        from anomalib_skipts.data.predict import MedicalInputs  # the predict module builds on this one
+
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and not any(isinstance(callback, MedicalInputs) for callback in trainer.callbacks):
+            trainer.callbacks.insert(0, MedicalInputs())  # before the model's pre-processor
+        super().setup(stage)
 
     @abstractmethod
     def _make_samples(self) -> tuple[DataFrame, list[DatasetProblem]]:
