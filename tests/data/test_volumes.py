@@ -41,7 +41,12 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None)
 
 
 def write_series(
-    folder: Path, volume: np.ndarray, spacing: float = 2.5, skip: tuple[int, ...] = (), tilt: int = -1
+    folder: Path,
+    volume: np.ndarray,
+    spacing: float = 2.5,
+    skip: tuple[int, ...] = (),
+    tilt: int = -1,
+    patient: str = "PAT-7",
 ) -> Path:
     """Write a (columns, rows, slices) int16 volume as a DICOM series, file names in REVERSE position order."""
     pytest.importorskip("pydicom")
@@ -63,7 +68,7 @@ def write_series(
         dataset.SOPClassUID = CTImageStorage
         dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
         dataset.SeriesInstanceUID = series
-        dataset.PatientID = "PAT-7"
+        dataset.PatientID = patient
         dataset.Modality = "CT"
         pixels = np.ascontiguousarray(volume[:, :, k].T.astype(np.int16) + 1024)
         dataset.Rows, dataset.Columns = pixels.shape
@@ -218,3 +223,27 @@ def test_bad_volumes_are_all_listed_with_their_files(tmp_path: Path) -> None:
         "n1",
         "n2",
     }
+
+
+def test_dicom_series_folders_train_with_their_patient_ids(tmp_path: Path) -> None:
+    for index in range(4):
+        write_series(
+            tmp_path / "normal" / f"series_{index}",
+            render_head_volume((7, index), num_slices=4).hu,
+            patient=f"P{index}",
+        )
+    lesion = render_head_volume((7, 9), num_slices=4, lesion=True)
+    write_series(tmp_path / "abnormal" / "series_9", lesion.hu, patient="P9")
+    series_affine = inspect_volume(tmp_path / "abnormal" / "series_9").affine
+    write_nifti(tmp_path / "masks" / "series_9.nii.gz", lesion.mask, series_affine)  # NIfTI mask of a DICOM series
+    datamodule = volume_folder(tmp_path, mask_dir="masks", window="brain", num_test_normal=1)
+    datamodule.setup()
+    train, test = datamodule.train_data.samples, datamodule.test_data.samples
+    assert set(train["patient_id"]) | set(test["patient_id"]) == {"P0", "P1", "P2", "P3", "P9"}
+    assert set(train["patient_id"]).isdisjoint(test["patient_id"])
+    item = datamodule.test_data[int((test["patient_id"] == "P9").to_numpy().argmax())]
+    assert item.patient_id == "P9"
+    assert item.volume_path == str(tmp_path / "abnormal" / "series_9")
+    expected = np.clip((lesion.hu[:, :, item.slice_index].T - 0.0) / 80.0, 0, 1)
+    np.testing.assert_allclose(item.image[0].numpy(), expected, atol=1e-6)
+    np.testing.assert_array_equal(item.gt_mask.numpy(), lesion.mask[:, :, item.slice_index].T)
