@@ -247,3 +247,24 @@ def test_dicom_series_folders_train_with_their_patient_ids(tmp_path: Path) -> No
     expected = np.clip((lesion.hu[:, :, item.slice_index].T - 0.0) / 80.0, 0, 1)
     np.testing.assert_allclose(item.image[0].numpy(), expected, atol=1e-6)
     np.testing.assert_array_equal(item.gt_mask.numpy(), lesion.mask[:, :, item.slice_index].T)
+
+
+def test_a_slice_is_read_without_loading_its_volume(tmp_path: Path) -> None:
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        write_nifti(tmp_path / "normal" / f"n{index}.nii.gz", rng.normal(size=(128, 128, 96)).astype(np.float32))
+    datamodule = volume_folder(tmp_path, abnormal_dir=None, num_test_normal=1)
+    datamodule.setup()
+    volume_bytes = 128 * 128 * 96 * 4
+    tracemalloc.start()
+    try:
+        item = datamodule.train_data[150]  # a middle slice of the second training volume
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert item.image.shape == (3, 128, 128)
+    assert peak < volume_bytes / 8, (
+        f"reading one slice allocated {peak / 1e6:.1f} MB (the volume is {volume_bytes / 1e6:.1f} MB)"
+    )
