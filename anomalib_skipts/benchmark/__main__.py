@@ -19,6 +19,7 @@ import logging
 import os
 import shlex
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -121,7 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         return _dry_run(config, log, retry_failed=not args.no_retry_failed)
 
-    from .pipeline import BenchmarkPipeline
+    with warnings.catch_warnings():  # anomalib's pipeline package imports all of anomalib and timm
+        if not args.verbose:
+            warnings.simplefilter("ignore", FutureWarning)
+        from .pipeline import BenchmarkPipeline
     from .report import recorded_command, write_report
     from .store import RUNS_CSV, write_config_snapshot
 
