@@ -366,4 +366,3 @@ class MedicalDataModule(AnomalibDataModule):
                 patients.get("train", 0),
                 patients.get("test", 0),
             )
-

@@ -145,8 +145,7 @@ def make_medical_folder_samples(
 
     keys = _unique_keys({image: folder for image, (_, _, folder) in records.items()}, root_path)
     samples = make_samples(
-        (image, label, split, masks_of.get(image, []), keys[image])
-        for image, (label, split, _) in records.items()
+        (image, label, split, masks_of.get(image, []), keys[image]) for image, (label, split, _) in records.items()
     )
     return samples, problems
 
@@ -167,14 +166,13 @@ def _unique_keys(folders: dict[Path, Path], root: Path | None) -> dict[Path, str
             keys[image] = _sample_key(image, root if root is not None else Path(image.anchor))
     return keys
 
+
 def _sample_key(path: Path, base: Path) -> str:
     """Location-independent identifier of a file, used to order it for the split."""
     try:
         return path.resolve().relative_to(base.resolve()).as_posix()
     except ValueError:
         return path.name
-
-
 
 
 # --------------------------------------------------------------------------------------------------
