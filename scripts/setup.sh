@@ -15,7 +15,7 @@ echo "[setup] creating .venv and installing anomalib-skipts (first run: a few mi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "${TORCH_PAIR[@]}"
-.venv/bin/python -m pip install -q -e ".[export,dicom,test]" "${TORCH_PAIR[@]}"
+.venv/bin/python -m pip install -q -e ".[export,dicom,test,cluster]" "${TORCH_PAIR[@]}"
 rm -f .venv/.skipts-setup-*
 touch "$stamp"
 echo "[setup] done: $(.venv/bin/python -c 'import torch, anomalib; print("torch", torch.__version__, "anomalib", anomalib.__version__)')"

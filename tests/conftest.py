@@ -8,6 +8,8 @@ from anomalib.engine import Engine
 from anomalib_skipts.data.phantom import HeadPhantom
 from anomalib_skipts.models import SkipTS
 
+from .slurm_cluster import slurm_cluster  # noqa: F401 (a real single-node SLURM cluster, for the cluster tests)
+
 IMAGE_SIZE = 64
 PHANTOM = {"num_train": 8, "num_test_normal": 4, "num_test_abnormal": 4, "image_size": IMAGE_SIZE}
 """Generator parameters of the shared phantom dataset: every test that uses ``phantom_root`` must use these."""

@@ -4,6 +4,7 @@ The INT8 models must compile on the OpenVINO CPU plugin, run in anomalib's ``Ope
 rank images like the float model (Spearman correlation of the image scores, Eq. 8).
 """
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,11 @@ from .conftest import IMAGE_SIZE, PHANTOM
 
 ANOMALIB = str(Path(sys.executable).with_name("anomalib"))
 MIN_SPEARMAN = 0.8
+MIN_SPEARMAN_HEAD_IN_FLOAT = 0.95
+HEAD_OPERATIONS = ("MatMul", "ReduceL2", "ReduceSum", "Divide", "ReduceMax")
+"""Operation types of the anomaly-map head (Eq. 1 cosine, fused Eq. 7 products, Eq. 8 maximum)."""
+COMPRESSED = ("FakeQuantize", "Convert")
+"""What NNCF puts before a quantized operation (activations; int8 weights converted back)."""
 ACQ_OPTIONS = ["--metric", "anomalib.metrics.AUROC", "--metric.fields", "[pred_score, gt_label]", "--max_drop", "0.05"]
 
 
@@ -50,6 +56,13 @@ def _inferencer_scores(path: Path, images: torch.Tensor) -> np.ndarray:
 
 def _op_types(path: Path) -> set[str]:
     return {op.get_type_name() for op in ov.Core().read_model(str(path)).get_ops()}
+
+
+def _int8_weights(operation: ov.Node) -> bool:
+    """Whether an operation's weights (input 1) are int8 constants converted back to float by NNCF."""
+    dequantize = operation.input(1).get_source_output().get_node()
+    nodes = [dequantize, *(item.get_source_output().get_node() for item in dequantize.inputs())]
+    return any(node.get_type_name() == "Convert" and node.get_input_element_type(0) == ov.Type.i8 for node in nodes)
 
 
 def _check_ranks_like_fp32(path: Path, fp32_scores: tuple[torch.Tensor, np.ndarray]) -> None:
@@ -100,6 +113,36 @@ def test_int8_compiles_runs_in_the_inferencer_and_ranks_like_fp32(
     path = _export(trained, tmp_path, datamodule=phantom_datamodule, **compression)
     assert "FakeQuantize" in _op_types(path)  # really quantized, not a float model under an INT8 name
     _check_ranks_like_fp32(path, fp32_scores)
+
+
+def test_int8_ptq_keeps_the_head_in_float_and_ranks_like_fp32(
+    trained: tuple,
+    phantom_datamodule: HeadPhantom,
+    fp32_scores: tuple,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO, logger="anomalib_skipts"):
+        path = _export(trained, tmp_path, datamodule=phantom_datamodule, compression_type=CompressionType.INT8_PTQ)
+    assert "anomaly-map head stays in floating point" in caplog.text  # the export says what it kept
+    operations = ov.Core().read_model(str(path)).get_ordered_ops()
+    sources = {
+        operation.get_friendly_name(): [
+            item.get_source_output().get_node().get_type_name() for item in operation.inputs()
+        ]
+        for operation in operations
+    }
+    head = [operation for operation in operations if operation.get_type_name() in HEAD_OPERATIONS]
+    assert len([operation for operation in head if operation.get_type_name() == "MatMul"]) == 6  # Eq. 7, 3 layers
+    for operation in head:
+        assert not set(sources[operation.get_friendly_name()]) & set(COMPRESSED), operation.get_friendly_name()
+    convolutions = [operation for operation in operations if operation.get_type_name().startswith("Convolution")]
+    assert all(_int8_weights(operation) for operation in convolutions)  # the networks are quantized
+    images, expected = fp32_scores
+    correlation = spearmanr(_inferencer_scores(path, images), expected).statistic
+    assert correlation >= MIN_SPEARMAN_HEAD_IN_FLOAT, f"Spearman {correlation:.3f} between INT8 and fp32 scores"
 
 
 def test_fp16_export_stores_half_weights_and_matches_fp32(

@@ -8,10 +8,12 @@ multiply-add = 2 FLOPs; element-wise operations and pooling are not counted).
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -111,6 +113,40 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device}: {torch.cuda.get_device_name(device)}"
     return f"{device.type}: {_cpu_name()} ({torch.get_num_threads()} threads)"
+
+
+def machine_description(device: torch.device) -> dict[str, Any]:
+    """Describe where a measurement ran: CPU, cores, threads, GPU, library versions, load average.
+
+    Args:
+        device: The device measured on.
+
+    Returns:
+        A JSON-serialisable dict with a one-line ``description``.
+    """
+    import anomalib
+    import lightning
+
+    cuda = torch.cuda.is_available()
+    info = {
+        "device": describe_device(device),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "anomalib": anomalib.__version__,
+        "lightning": lightning.__version__,
+        "load_average_start": os.getloadavg(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    }
+    gpu = info["gpu"] or "no GPU"
+    info["description"] = (
+        f"{info['device']}, {info['cpu_count']} CPU cores, {gpu}; torch {info['torch']}, anomalib {info['anomalib']}"
+    )
+    if info["omp_wait_policy"]:
+        info["description"] += f"; OMP_WAIT_POLICY={info['omp_wait_policy']}"
+    return info
 
 
 def _cpu_name() -> str:

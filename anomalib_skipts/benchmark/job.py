@@ -135,6 +135,8 @@ def _train_and_test(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
 
+    from anomalib_skipts.patient import dataset_patient_metrics
+
     from .callbacks import LastEpochGuard, TestCollector
     from .cost import count_flops, count_parameters, describe_device, measure_throughput
     from .metrics import dice_at_threshold, image_metrics, pixel_aupro, pixel_auroc
@@ -171,6 +173,7 @@ def _train_and_test(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     labels = np.asarray(collector.labels, dtype=int)
     scores = np.asarray(collector.scores, dtype=float)
     metrics = image_metrics(labels, scores)
+    patients = dataset_patient_metrics(datamodule, collector.paths, scores, labels)
     network = model.model
     device = model.device
     batches = _preprocessed_test_batches(model, datamodule, run.protocol.throughput_images, device)
@@ -204,6 +207,10 @@ def _train_and_test(run: RunSpec, run_dir: Path) -> dict[str, Any]:
         "pixel_auroc": pixel_auroc(collector.masks, collector.mask_maps),
         "pixel_aupro": pixel_aupro(collector.masks, collector.mask_maps),
         "pixel_dice": dice_at_threshold(collector.masks, collector.mask_maps),
+        "patient_auroc": patients.auroc,
+        "patient_f1": patients.f1,
+        "patient_accuracy": patients.accuracy,
+        "n_test_patients": patients.n_patients,
         "n_train": len(datamodule.train_data),
         "n_test": len(labels),
         "n_test_normal": int((labels == 0).sum()),

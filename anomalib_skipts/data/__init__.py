@@ -8,9 +8,11 @@ family has one module with its raw-layout loader and its datamodule: :mod:`~.med
 
 from anomalib_skipts.data.base import MedicalDataModule, MedicalFolderDataset
 from anomalib_skipts.data.bmad import BMAD, BMAD_CATEGORIES
+from anomalib_skipts.data.items import MedicalImageBatch, MedicalImageItem
 from anomalib_skipts.data.medianomaly import MEDIANOMALY_CATEGORIES, MedIAnomaly
 from anomalib_skipts.data.medical_folder import MedicalFolder
 from anomalib_skipts.data.phantom import HeadPhantom, generate_head_phantom
+from anomalib_skipts.data.predict import MedicalInputs, MedicalPredictDataset
 from anomalib_skipts.data.problems import DatasetProblem, InvalidDatasetError, SplitError
 from anomalib_skipts.data.readers import DICOM_WINDOWS, ImageReadError, read_image, read_mask
 from anomalib_skipts.data.table1 import (
@@ -31,6 +33,8 @@ from anomalib_skipts.data.table1 import (
     get_datamodule,
     get_dataset,
 )
+from anomalib_skipts.data.volume_phantom import generate_volume_phantom
+from anomalib_skipts.data.volumes import VolumeFolder, VolumeSliceDataset
 
 __all__ = [
     "BMAD",
@@ -52,14 +56,21 @@ __all__ = [
     "InvalidDatasetError",
     "MEDIANOMALY_CATEGORIES",
     "MalariaCell",
+    "MedicalImageBatch",
+    "MedicalImageItem",
     "MedIAnomaly",
     "MedicalDataModule",
     "MedicalFolder",
     "MedicalFolderDataset",
+    "MedicalInputs",
+    "MedicalPredictDataset",
     "RetinalOCT",
     "SplitCounts",
     "SplitError",
+    "VolumeFolder",
+    "VolumeSliceDataset",
     "generate_head_phantom",
+    "generate_volume_phantom",
     "get_benchmark_datamodule",
     "get_datamodule",
     "get_dataset",

@@ -40,6 +40,8 @@ from __future__ import annotations
 import copy
 import logging
 from abc import abstractmethod
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from anomalib import TaskType
@@ -50,11 +52,13 @@ from pandas import DataFrame
 from torchvision.transforms.v2 import Transform
 from torchvision.tv_tensors import Mask
 
+from anomalib_skipts.data.items import MedicalImageBatch, MedicalImageItem
 from anomalib_skipts.data.listing import ABNORMAL, NORMAL
 from anomalib_skipts.data.problems import DatasetProblem
 from anomalib_skipts.data.readers import DicomWindow, read_image, read_mask
 from anomalib_skipts.data.split import add_patients, assign_split, check_split_arguments
 from anomalib_skipts.data.validation import select_samples
+from anomalib_skipts.input_settings import INPUT_SETTINGS_KEY, describe_inputs
 
 __all__ = ["VALID", "MedicalDataModule", "MedicalFolderDataset"]
 
@@ -66,6 +70,10 @@ VALID = "valid"
 
 class MedicalFolderDataset(AnomalibDataset):
     """anomalib dataset over a samples frame, reading images with the medical readers.
+
+    Where the samples name patients (a ``patient`` column, see
+    :func:`~anomalib_skipts.data.split.add_patients`), they get a ``patient_id`` column and the items
+    are :class:`~anomalib_skipts.data.items.MedicalImageItem` s carrying it, for patient-level metrics.
 
     Args:
         samples: Samples frame with at least ``image_path``, ``label_index``, ``mask_path`` and
@@ -101,6 +109,8 @@ class MedicalFolderDataset(AnomalibDataset):
             attrs["task"] = (TaskType.SEGMENTATION if has_masks else TaskType.CLASSIFICATION).value
         if "mask_path" not in samples:
             samples = samples.assign(mask_path="")
+        if "patient" in samples and "patient_id" not in samples:  # the patient the split grouped by
+            samples = samples.assign(patient_id=[patient or None for patient in samples["patient"]])
         if split is not None:
             split_value = split.value if isinstance(split, Split) else str(split)
             samples = samples[samples["split"] == split_value].reset_index(drop=True)
@@ -147,13 +157,15 @@ class MedicalFolderDataset(AnomalibDataset):
                 gt_mask = augmented_mask if gt_mask is not None else None
 
         gt_label = None if label_index == LabelName.UNKNOWN else torch.tensor(label_index)
-        return ImageItem(
-            image=image,
-            gt_mask=gt_mask,
-            gt_label=gt_label,
-            image_path=image_path,
-            mask_path=mask_path,
-        )
+        item = {"image": image, "gt_mask": gt_mask, "gt_label": gt_label, "image_path": image_path}
+        if "patient_id" in self.samples:
+            return MedicalImageItem(**item, mask_path=mask_path, patient_id=row.patient_id)
+        return ImageItem(**item, mask_path=mask_path)
+
+    @property
+    def collate_fn(self) -> Callable:
+        """Collate items into anomalib's ``ImageBatch``, or a ``MedicalImageBatch`` when they name patients."""
+        return MedicalImageBatch.collate if "patient_id" in self.samples else super().collate_fn
 
 
 class MedicalDataModule(AnomalibDataModule):
@@ -249,6 +261,27 @@ class MedicalDataModule(AnomalibDataModule):
     def name(self) -> str:
         """Name of the datamodule."""
         return self._name
+
+    def input_settings(self) -> dict[str, Any]:
+        """How this datamodule reads images (reader and DICOM window), as stored in checkpoints."""
+        return describe_inputs(self.dicom_window)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the input settings; Lightning stores them in every checkpoint, for prediction and export."""
+        return {**super().state_dict(), INPUT_SETTINGS_KEY: self.input_settings()}
+
+    def setup(self, stage: str | None = None) -> None:
+        """Set up the data; in a trainer, also read and draw test and predict data as in training.
+
+        Adds :class:`~anomalib_skipts.data.predict.MedicalInputs` to the trainer when it is missing (it
+        is registered with Lightning when the package is installed).
+        """
+        from anomalib_skipts.data.predict import MedicalInputs  # the predict module builds on this one
+
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and not any(isinstance(callback, MedicalInputs) for callback in trainer.callbacks):
+            trainer.callbacks.insert(0, MedicalInputs())  # before the model's pre-processor
+        super().setup(stage)
 
     @property
     def _label(self) -> str:

@@ -205,7 +205,7 @@ def test_rerun_of_one_model_keeps_every_finished_model_in_the_summary(make_confi
 
 
 def test_overlay_outlines_the_ground_truth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from anomalib_skipts.benchmark.plots import plot_overlays
+    from anomalib_skipts.benchmark.report.plots import plot_overlays
 
     mask = np.zeros((16, 16), dtype=bool)
     mask[4:9, 5:11] = True

@@ -33,6 +33,7 @@ from torch import optim
 from torchvision.transforms import v2
 
 from .batch_norm_folding import unfold_state_dict
+from .export import head_ignored_scope, nncf_ignoring
 from .feature_cache import FeatureCacheError, TeacherFeatureCache, samples_per_process
 from .loss import PAPER_BETA, SkipTSLoss, validate_loss_options
 from .torch_model import ANOMALY_MAP_LAYERS, SkipTSModel, input_size_error, resolve_backbone, validate_input_size
@@ -466,6 +467,25 @@ class SkipTS(AnomalibModule):
         del args, kwargs
         predictions = self.model(batch.image)
         return batch.update(**predictions._asdict())
+
+    def _compress_ov_model(self, model: Any, compression_type: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """Compress the exported OpenVINO model as anomalib does, with the anomaly-map head left in float.
+
+        anomalib's export (``Engine.export``, ``anomalib export``) calls this for ``--compression_type``
+        ``INT8``, ``INT8_PTQ`` and ``INT8_ACQ``; NNCF gets an ignored scope of the head (see
+        :mod:`.export`), and a log line says which operations stayed in float.
+
+        Args:
+            model: The OpenVINO model.
+            compression_type: anomalib's ``CompressionType``.
+            args: Passed on to anomalib (datamodule, metric, task, max_drop).
+            kwargs: Passed on to anomalib.
+
+        Returns:
+            The compressed OpenVINO model.
+        """
+        with nncf_ignoring(head_ignored_scope(model)):
+            return super()._compress_ov_model(model, compression_type, *args, **kwargs)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

@@ -17,11 +17,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from .config import BenchmarkConfig, RunSpec
-from .metrics import plain_mean, weighted_mean
-from .store import CONFIG_SNAPSHOT, RUNS_CSV, STATUS_OK
+from ..config import BenchmarkConfig, RunSpec
+from ..metrics import plain_mean, weighted_mean
+from ..store import RUNS_CSV, STATUS_OK, read_config_snapshot
 
 SUMMARY_MD = "summary.md"
 SUMMARY_CSV = "summary.csv"
@@ -33,6 +32,9 @@ METRICS: dict[str, str] = {
     "pixel_auroc": "Pixel AUROC (%)",
     "pixel_aupro": "Pixel AUPRO, FPR limit 0.3 (%)",
     "pixel_dice": "Dice at 0.8 on the per-image min-max normalised anomaly map (%)",
+    "patient_auroc": "Patient AUROC (%)",
+    "patient_f1": "Patient F1 at the Youden threshold (%)",
+    "patient_accuracy": "Patient accuracy at the Youden threshold (%)",
 }
 
 
@@ -71,9 +73,8 @@ class ReportLayout:
         Returns:
             ReportLayout: The layout.
         """
-        snapshot = results_dir / CONFIG_SNAPSHOT
-        if snapshot.is_file():
-            data = yaml.safe_load(snapshot.read_text(encoding="utf-8"))
+        data = read_config_snapshot(results_dir)
+        if data:
             return cls(
                 name=data["name"],
                 models=[model["name"] for model in data["models"]],
@@ -101,10 +102,7 @@ def recorded_command(results_dir: str | Path) -> str | None:
     Returns:
         str | None: The command.
     """
-    snapshot = Path(results_dir) / CONFIG_SNAPSHOT
-    if not snapshot.is_file():
-        return None
-    return (yaml.safe_load(snapshot.read_text(encoding="utf-8")) or {}).get("command")
+    return read_config_snapshot(results_dir).get("command")
 
 
 def aggregate(frame: pd.DataFrame, models: Sequence[str], datasets: Sequence[str], metric: str) -> pd.DataFrame:

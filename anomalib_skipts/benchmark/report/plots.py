@@ -19,8 +19,8 @@ from PIL import Image
 from scipy.stats import gaussian_kde
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from .config import slugify
-from .store import RUNS_DIR, STATUS_OK
+from ..config import slugify
+from ..store import RUNS_DIR, STATUS_OK
 
 PLOTS_DIR = "plots"
 PREDICTIONS_CSV = "predictions.csv"

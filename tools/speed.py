@@ -1,4 +1,4 @@
-r"""Speed benchmark of Skip-TS against anomalib's Reverse Distillation (issue 5, "Measure").
+r"""Speed benchmark of Skip-TS against anomalib's Reverse Distillation.
 
 Skip-TS: M. Liu et al., IEEE Transactions on Instrumentation and Measurement, 2024. One run on one
 machine and one input size measures, alternating the models in rounds and taking medians:
@@ -20,9 +20,9 @@ Results go to ``results.json`` and ``results.md`` in the output folder.
 Example:
     .. code-block:: bash
 
-        python -m anomalib_skipts.benchmark.speed --backbone wide_resnet50_2 --image-size 256 \
+        python tools/speed.py --backbone wide_resnet50_2 --image-size 256 \
             --repeats 3 --output results/speed
-        python -m anomalib_skipts.benchmark.speed --quick --output /tmp/speed
+        python tools/speed.py --quick --output /tmp/speed
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import datetime
 import json
 import logging
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -49,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cost import count_flops, count_parameters, describe_device, measure_throughput
+from anomalib_skipts.benchmark.cost import count_flops, count_parameters, machine_description, measure_throughput
 
 if TYPE_CHECKING:
     from anomalib.models.components import AnomalibModule
@@ -971,7 +970,7 @@ def build_parser() -> argparse.ArgumentParser:
         The parser.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m anomalib_skipts.benchmark.speed",
+        prog="python tools/speed.py",
         description="Speed of Skip-TS vs anomalib's Reverse Distillation: training, inference, export, FLOPs.",
     )
     parser.add_argument("--backbone", help=f"Backbone of both models (default {FULL['backbone']}).")
@@ -1058,37 +1057,6 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
-def machine_description(device: torch.device) -> dict[str, Any]:
-    """Where the run happened: CPU, cores, threads, GPU, library versions, load average.
-
-    Returns:
-        A JSON-serialisable dict with a one-line ``description``.
-    """
-    import anomalib
-    import lightning
-
-    cuda = torch.cuda.is_available()
-    info = {
-        "device": describe_device(device),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if cuda else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "anomalib": anomalib.__version__,
-        "lightning": lightning.__version__,
-        "load_average_start": os.getloadavg(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-    }
-    gpu = info["gpu"] or "no GPU"
-    info["description"] = (
-        f"{info['device']}, {info['cpu_count']} CPU cores, {gpu}; torch {info['torch']}, anomalib {info['anomalib']}"
-    )
-    if info["omp_wait_policy"]:
-        info["description"] += f"; OMP_WAIT_POLICY={info['omp_wait_policy']}"
-    return info
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the speed benchmark and write ``results.json`` and ``results.md``.
 
@@ -1127,7 +1095,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     size = settings["image_size"]
-    command = shlex.join(["python", "-m", "anomalib_skipts.benchmark.speed", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "tools/speed.py", *(sys.argv[1:] if argv is None else argv)])
     results: dict[str, Any] = {
         "command": command,
         "settings": settings

@@ -1,0 +1,59 @@
+"""Predicting on a volume writes a NIfTI anomaly map on the input's grid and affine, and a patient score."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel
+import numpy as np
+import pandas as pd
+import torch
+from anomalib.data import InferenceBatch
+
+from anomalib_skipts.data.volume_phantom import phantom_affine, render_head_volume
+from anomalib_skipts.data.volumes import VolumeSettings
+from anomalib_skipts.volume_predict import SCORES_CSV, predict_volumes
+
+
+class HyperdensityDetector(torch.nn.Module):
+    """A known-response detector for checking geometry: the map is the hyperdense (not bone) signal at 64x64.
+
+    With the window 40..100 HU the phantom's lesion (about 60-80 HU) maps to the middle of the range, brain
+    to 0 and bone to 1; the map is zero within four pixels of bone, so its maximum lies in the lesion, and it is
+    returned at another size than the input (as a model's pre-processor does) to exercise the resizing.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images: torch.Tensor) -> InferenceBatch:
+        resized = torch.nn.functional.interpolate(images[:, :1], size=(48, 48), mode="bilinear", align_corners=False)
+        not_bone = -torch.nn.functional.max_pool2d(-(resized < 0.95).float(), 9, stride=1, padding=4)
+        maps = resized * not_bone
+        return InferenceBatch(pred_score=torch.amax(maps, dim=(-2, -1)), anomaly_map=maps)
+
+
+def test_map_has_the_input_affine_and_peaks_in_the_lesion(tmp_path: Path) -> None:
+    volume = render_head_volume((4, 2), image_size=64, num_slices=8, lesion=True)
+    affine = phantom_affine(64, 8)
+    path = tmp_path / "scan.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(volume.hu, affine), path)
+    normal = tmp_path / "normal.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(render_head_volume((4, 3), image_size=64, num_slices=8).hu, affine), normal)
+
+    table = predict_volumes(
+        HyperdensityDetector(), [path, normal], tmp_path / "out", VolumeSettings(window=(70.0, 60.0)), batch_size=3
+    )
+
+    written = nibabel.load(tmp_path / "out" / "scan_anomaly_map.nii.gz")
+    np.testing.assert_allclose(written.affine, affine)
+    assert written.shape == volume.hu.shape
+    anomaly_map = written.get_fdata()
+    peak = np.unravel_index(anomaly_map.argmax(), anomaly_map.shape)
+    assert volume.mask[peak] == 1
+    csv = pd.read_csv(tmp_path / "out" / SCORES_CSV)
+    assert csv["volume_path"].tolist() == [str(path), str(normal)]
+    assert csv["n_slices"].tolist() == [8, 8]
+    assert csv.loc[0, "patient_score"] > csv.loc[1, "patient_score"]
+    assert table.equals(csv)
