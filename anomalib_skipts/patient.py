@@ -146,7 +146,8 @@ def dataset_patient_metrics(
 ) -> PatientMetrics:
     """Patient metrics of a test run, with the patients the datamodule's test samples name.
 
-    The test samples' ``patient_id`` (and ``patient_label``) columns are matched to the tested
+    The test samples' ``patient_id`` (or, for 2-D datasets split by ``patient_pattern``, ``patient``)
+    and ``patient_label`` columns are matched to the tested
     ``image_path`` s; the aggregation is the datamodule's ``patient_aggregation`` / ``patient_top_k``
     when it has them, else ``"max"``. A datamodule that names no patients gives NaN metrics.
 
@@ -160,10 +161,11 @@ def dataset_patient_metrics(
         The :class:`PatientMetrics`.
     """
     samples = getattr(getattr(datamodule, "test_data", None), "samples", None)
-    if samples is None or "patient_id" not in samples:
+    column = next((name for name in ("patient_id", "patient") if samples is not None and name in samples), None)
+    if column is None:
         return PatientMetrics(auroc=math.nan, f1=math.nan, accuracy=math.nan, n_patients=0)
     by_path = samples.drop_duplicates("image_path").set_index("image_path")
-    patient_ids = by_path["patient_id"].reindex(list(paths)).tolist()
+    patient_ids = by_path[column].reindex(list(paths)).tolist()
     patient_labels = (
         by_path["patient_label"].reindex(list(paths)).fillna(0).astype(int).tolist()
         if ("patient_label" in by_path)

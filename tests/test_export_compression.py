@@ -17,8 +17,8 @@ from anomalib.deploy import CompressionType, ExportType, OpenVINOInferencer
 from anomalib.metrics import AUROC
 from scipy.stats import spearmanr
 
-from anomalib_skipts.benchmark.compression import run_inferencer
 from anomalib_skipts.data.phantom import HeadPhantom
+from tools.compression import run_inferencer
 
 from .conftest import IMAGE_SIZE, PHANTOM
 

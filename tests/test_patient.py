@@ -65,3 +65,21 @@ def test_dataset_patient_metrics_reads_the_test_samples() -> None:
     # a: mean(0.9, 0.0) = 0.45 > b 0.3, c 0.2: perfectly ranked.
     assert metrics.auroc == 1.0
     assert metrics.n_patients == 3
+
+
+def test_two_dimensional_samples_split_by_patient_pattern_give_patient_metrics() -> None:
+    class Data:
+        samples = pd.DataFrame(
+            {
+                "image_path": ["DME-1-1.jpeg", "DME-1-2.jpeg", "NORMAL-2-1.jpeg", "odd.jpeg"],
+                "patient": ["1", "1", "2", ""],
+            }
+        )
+
+    class Module:
+        test_data = Data()
+
+    paths = ["DME-1-1.jpeg", "DME-1-2.jpeg", "NORMAL-2-1.jpeg", "odd.jpeg"]
+    metrics = dataset_patient_metrics(Module(), paths, [0.8, 0.1, 0.3, 0.9], [1, 1, 0, 0])
+    assert metrics.n_patients == 2  # the file without a patient is left out
+    assert metrics.auroc == 1.0

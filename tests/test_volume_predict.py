@@ -57,3 +57,39 @@ def test_map_has_the_input_affine_and_peaks_in_the_lesion(tmp_path: Path) -> Non
     assert csv["n_slices"].tolist() == [8, 8]
     assert csv.loc[0, "patient_score"] > csv.loc[1, "patient_score"]
     assert table.equals(csv)
+
+
+def test_command_line_writes_maps_from_a_trained_checkpoint(tmp_path: Path) -> None:
+    from anomalib.engine import Engine
+
+    from anomalib_skipts.data import VolumeFolder, generate_volume_phantom
+    from anomalib_skipts.models import SkipTS
+    from anomalib_skipts.volume_predict import main
+
+    root = generate_volume_phantom(tmp_path / "volumes", num_normal=4, num_abnormal=2, num_slices=4)
+    datamodule = VolumeFolder(
+        name="volumes",
+        root=root,
+        normal_dir="normal",
+        abnormal_dir="abnormal",
+        mask_dir="masks",
+        window="brain",
+        num_test_normal=1,
+        num_workers=0,
+        val_split_mode="same_as_test",
+    )
+    model = SkipTS(backbone="resnet18", pre_trained=False, image_size=(64, 64), visualizer=False)
+    engine = Engine(accelerator="cpu", max_epochs=1, logger=False, default_root_dir=tmp_path / "results")
+    engine.fit(model=model, datamodule=datamodule)
+    checkpoint = tmp_path / "model.ckpt"
+    engine.trainer.save_checkpoint(checkpoint)
+
+    scan = root / "abnormal" / "a001.nii.gz"
+    assert (
+        main(["--ckpt_path", str(checkpoint), "--window", "brain", "--output", str(tmp_path / "out"), str(scan)]) == 0
+    )
+    written = nibabel.load(tmp_path / "out" / "a001_anomaly_map.nii.gz")
+    np.testing.assert_allclose(written.affine, nibabel.load(scan).affine)
+    assert written.shape == (64, 64, 4)
+    assert np.isfinite(written.get_fdata()).all()
+    assert pd.read_csv(tmp_path / "out" / SCORES_CSV)["volume_path"].tolist() == [str(scan)]

@@ -106,11 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.config is None:
         parser.error("--config is required")
-    full = load_config(args.config, protocol=args.protocol, output_dir=args.output, max_epochs=args.max_epochs)
     try:
+        full = load_config(args.config, protocol=args.protocol, output_dir=args.output, max_epochs=args.max_epochs)
         full = _with_limits(full, args)
-    except ValueError as error:
-        parser.error(str(error))
+    except (ValueError, KeyError) as error:
+        parser.error(str(error.args[0]) if isinstance(error, KeyError) else str(error))
     config = full.select(models=args.models, datasets=args.datasets, seeds=args.seeds)
     # The summary covers every model and dataset of the config (runs of other selections included).
     report_config = replace(full, seeds=tuple(dict.fromkeys([*full.seeds, *config.seeds])))
@@ -121,12 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         return _dry_run(config, log, retry_failed=not args.no_retry_failed)
 
+    from .pipeline import BenchmarkPipeline
     from .report import recorded_command, write_report
-    from .runners import BenchmarkRunner
     from .store import RUNS_CSV, write_config_snapshot
 
     if not args.report_only:
-        BenchmarkRunner(
+        BenchmarkPipeline(
             config,
             retry_failed=not args.no_retry_failed,
             log=log.info,

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from anomalib.data import AnomalibDataModule
     from anomalib.models import AnomalibModule
 
-    from .config import RunSpec
+    from .specs import RunSpec
 
 
 @dataclass(frozen=True)

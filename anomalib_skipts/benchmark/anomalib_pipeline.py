@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from .adapters import datamodule_init_args, model_recipe, resolve_datamodule_class
-from .config import BenchmarkConfig, RunSpec
+from .specs import BenchmarkConfig, RunSpec
 
 PIPELINE_DIR = "anomalib_pipeline"
 

@@ -25,10 +25,11 @@ from anomalib.pipelines.components import Job, JobGenerator, Pipeline, Runner
 
 from .isolation import RunLimits
 from .job import Execute, execute_isolated, execute_run
+from .runners import BaseRunner, SerialRunner
 from .store import ResultStore, read_config_snapshot
 
 if TYPE_CHECKING:
-    from .config import BenchmarkConfig, RunSpec
+    from .specs import BenchmarkConfig, RunSpec
 
 
 # ------------------------------------------------------------------------------------------------
@@ -196,8 +197,8 @@ class BenchmarkPipeline(Pipeline):
         >>> frame = BenchmarkPipeline(load_config("configs/benchmark/smoke.yaml")).run()  # doctest: +SKIP
     """
 
-    RUNNERS: dict[str, str] = {"serial": "SerialRunner"}  # noqa: RUF012
-    """Runner names -> classes of :mod:`.runners` (other runners register here)."""
+    RUNNERS: dict[str, type[BaseRunner]] = {"serial": SerialRunner}  # noqa: RUF012
+    """Runner names -> runner classes (other runners register here)."""
 
     def __init__(self, config: BenchmarkConfig, runner: str = "serial", **runner_args: Any) -> None:
         if runner not in self.RUNNERS:
@@ -208,11 +209,8 @@ class BenchmarkPipeline(Pipeline):
         self.runner_args = runner_args
 
     def _setup_runners(self, args: dict) -> list[Runner]:
-        from . import runners
-
         del args
-        runner_class = getattr(runners, self.RUNNERS[self.runner])
-        return [runner_class(BenchmarkJobGenerator(self.config), **self.runner_args)]
+        return [self.RUNNERS[self.runner](BenchmarkJobGenerator(self.config), **self.runner_args)]
 
     def run(self, args: Any = None) -> pd.DataFrame:
         """Execute the runs not finished yet (anomalib's log redirection and YAML reading are not used).
@@ -225,6 +223,41 @@ class BenchmarkPipeline(Pipeline):
         """
         (runner,) = self._setup_runners({})
         return runner.run(args)
+
+
+class BenchmarkRunner(SerialRunner):
+    """Run a benchmark config serially: every run once, restartable, with progress and ETA.
+
+    Args:
+        config: The benchmark.
+        retry_failed: Run again the runs recorded as failed (default).
+        execute: Function running one run (for tests); defaults to :func:`~.job.execute_run`. With
+            isolation it must be a module-level function (it is sent to the child by reference).
+        log: Function printing progress lines; defaults to the module logger.
+        command: Command line that started the benchmark, kept in the config snapshot.
+        report_config: The config the results folder's summary covers (default ``config``).
+        isolate: Run each run in a child process (default: the config's ``isolate``).
+        limits: Time and memory limits per run (default: the config's); used only with isolation.
+
+    Example:
+        >>> from anomalib_skipts.benchmark import BenchmarkRunner, load_config
+        >>> runner = BenchmarkRunner(load_config("configs/benchmark/smoke.yaml"))  # doctest: +SKIP
+        >>> frame = runner.run()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        config: BenchmarkConfig,
+        retry_failed: bool = True,
+        execute: Execute = execute_run,
+        log: Callable[[str], None] | None = None,
+        command: str | None = None,
+        report_config: BenchmarkConfig | None = None,
+        isolate: bool | None = None,
+        limits: RunLimits | None = None,
+    ) -> None:
+        generator = BenchmarkJobGenerator(config, execute=execute, isolate=isolate, limits=limits)
+        super().__init__(generator, retry_failed=retry_failed, log=log, command=command, report_config=report_config)
 
 
 def run_by_id(results_dir: str | Path, run_id: str) -> dict[str, Any]:

@@ -8,7 +8,9 @@ that execute jobs in other processes or on other machines need no channel back f
 
 - :class:`SerialRunner`: one run after the other, each in its own child process under the
   config's time and memory limits, with an ETA from the durations already recorded.
-- :class:`BenchmarkRunner`: the serial runner built straight from a config (the command line's).
+
+:class:`~.pipeline.BenchmarkPipeline` picks a runner by name; :class:`~.pipeline.BenchmarkRunner` is
+the serial runner built straight from a config.
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from anomalib.pipelines.components import Runner
 
-from .job import Execute, execute_run, format_duration
-from .pipeline import BenchmarkJob, BenchmarkJobGenerator
+from .job import format_duration
 from .store import STATUS_OK, ResultStore, write_config_snapshot
 
 if TYPE_CHECKING:
-    from .config import BenchmarkConfig, RunSpec
     from .isolation import RunLimits
+    from .pipeline import BenchmarkJob, BenchmarkJobGenerator
+    from .specs import BenchmarkConfig, RunSpec
 
 logger = logging.getLogger(__name__)
 
@@ -129,41 +131,6 @@ class SerialRunner(BaseRunner):
             self.log(f"{_label(job)} ({done + 1}/{len(pending)} to run) ETA {eta(self.store, remaining)}")
             row = job.run(log=self.log)
             self.log(f"[run {job.index}/{job.total}] {outcome(row)}")
-
-
-class BenchmarkRunner(SerialRunner):
-    """Run a benchmark config serially: every run once, restartable, with progress and ETA.
-
-    Args:
-        config: The benchmark.
-        retry_failed: Run again the runs recorded as failed (default).
-        execute: Function running one run (for tests); defaults to :func:`~.job.execute_run`. With
-            isolation it must be a module-level function (it is sent to the child by reference).
-        log: Function printing progress lines; defaults to the module logger.
-        command: Command line that started the benchmark, kept in the config snapshot.
-        report_config: The config the results folder's summary covers (default ``config``).
-        isolate: Run each run in a child process (default: the config's ``isolate``).
-        limits: Time and memory limits per run (default: the config's); used only with isolation.
-
-    Example:
-        >>> from anomalib_skipts.benchmark import BenchmarkRunner, load_config
-        >>> runner = BenchmarkRunner(load_config("configs/benchmark/smoke.yaml"))  # doctest: +SKIP
-        >>> frame = runner.run()  # doctest: +SKIP
-    """
-
-    def __init__(
-        self,
-        config: BenchmarkConfig,
-        retry_failed: bool = True,
-        execute: Execute = execute_run,
-        log: Callable[[str], None] | None = None,
-        command: str | None = None,
-        report_config: BenchmarkConfig | None = None,
-        isolate: bool | None = None,
-        limits: RunLimits | None = None,
-    ) -> None:
-        generator = BenchmarkJobGenerator(config, execute=execute, isolate=isolate, limits=limits)
-        super().__init__(generator, retry_failed=retry_failed, log=log, command=command, report_config=report_config)
 
 
 def eta(store: ResultStore, remaining: list[RunSpec]) -> str:

@@ -23,7 +23,7 @@ import pandas as pd
 import yaml
 
 if TYPE_CHECKING:
-    from .config import BenchmarkConfig, RunSpec
+    from .specs import BenchmarkConfig, RunSpec
 
 RUNS_CSV = "runs.csv"
 RUNS_DIR = "runs"

@@ -270,6 +270,22 @@ class MedicalDataModule(AnomalibDataModule):
         """Return the input settings; Lightning stores them in every checkpoint, for prediction and export."""
         return {**super().state_dict(), INPUT_SETTINGS_KEY: self.input_settings()}
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Warn when a checkpoint's model was trained on images read with another DICOM window."""
+        from anomalib_skipts.data.predict import same_window  # the predict module builds on this one
+
+        super().load_state_dict(state_dict)
+        trained = (state_dict.get(INPUT_SETTINGS_KEY) or {}).get("dicom_window", self.dicom_window)
+        if not same_window(trained, self.dicom_window):
+            logger.warning(
+                "%s reads DICOM images with the window %r, but the checkpoint's model was trained with %r: its "
+                "scores and threshold may not apply. Pass dicom_window=%r to read as in training.",
+                self.name,
+                self.dicom_window,
+                trained,
+                trained,
+            )
+
     def setup(self, stage: str | None = None) -> None:
         """Set up the data; in a trainer, also read and draw test and predict data as in training.
 

@@ -51,7 +51,7 @@ from torchvision.transforms.v2 import Transform
 
 from anomalib_skipts.data.listing import list_folder
 from anomalib_skipts.data.medical_folder import MedicalDataModule, MedicalFolderDataset
-from anomalib_skipts.data.readers import DICOM_WINDOWS, DicomWindow, is_dicom_file, read_image
+from anomalib_skipts.data.readers import DicomWindow, _resolve_window, is_dicom_file, read_image
 from anomalib_skipts.input_settings import READER, find_input_settings
 
 __all__ = [
@@ -66,16 +66,7 @@ logger = logging.getLogger(__name__)
 
 
 def _window_values(window: DicomWindow | list[float] | None) -> tuple[float, float] | None:
-    if window is None:
-        return None
-    if isinstance(window, str):
-        key = window.strip().lower().replace("-", "_").replace(" ", "_")
-        if key not in DICOM_WINDOWS:
-            msg = f"Unknown DICOM window {window!r}: give (center, width) or one of {sorted(DICOM_WINDOWS)}."
-            raise ValueError(msg)
-        return DICOM_WINDOWS[key]
-    center, width = (float(value) for value in window)
-    return center, width
+    return _resolve_window(window, Path())
 
 
 def same_window(first: DicomWindow | list[float] | None, second: DicomWindow | list[float] | None) -> bool:
@@ -323,9 +314,9 @@ class MedicalInputs(Callback):
     :class:`~anomalib_skipts.data.medical_folder.MedicalFolderDataset` or a
     :class:`MedicalPredictDataset`), this callback
 
-    - gives every :class:`MedicalPredictDataset` the input settings of the loaded checkpoint (or, for a
-      model trained in the same trainer, of its training datamodule), so that files are read with the
-      training window;
+    - gives every :class:`MedicalPredictDataset` the input settings of the loaded checkpoint (else
+      those the model keeps, as Skip-TS does, else those of the datamodule it was trained on in the
+      same trainer), so that files are read with the training window;
     - replaces anomalib's :class:`~anomalib.visualization.ImageVisualizer` by a
       :class:`MedicalImageVisualizer` with the same settings, fed with the images as they were read.
 
@@ -337,6 +328,7 @@ class MedicalInputs(Callback):
         self._trained_settings: dict[str, Any] | None = None
         self._checkpoint_settings: dict[str, Any] | None = None
         self._visualizers: dict[int, MedicalImageVisualizer] = {}
+        self._originals: dict[int, ImageVisualizer] = {}
         self._images: dict[int, torch.Tensor] = {}
         self._active = False
 
@@ -368,6 +360,8 @@ class MedicalInputs(Callback):
         if not self._active:
             return
         settings, source = self._checkpoint_settings, "checkpoint"
+        if settings is None:  # a model that keeps its settings itself (Skip-TS), e.g. loaded without a trainer
+            settings, source = getattr(trainer.lightning_module, "input_settings", None), "model"
         if settings is None:
             settings, source = self._trained_settings, "training datamodule"
         for loader, dataset in zip(loaders, datasets, strict=True):
@@ -386,6 +380,7 @@ class MedicalInputs(Callback):
                 key = id(callback)
                 if key not in self._visualizers:
                     self._visualizers[key] = MedicalImageVisualizer.like(callback, self)
+                    self._originals[id(self._visualizers[key])] = callback
                 trainer.callbacks[index] = self._visualizers[key]
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -420,12 +415,29 @@ class MedicalInputs(Callback):
         """Return the images of ``batch`` as read (``(N, 3, H, W)`` in ``[0, 1]``), once; ``None`` if not kept."""
         return self._images.pop(id(batch), None)
 
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Drop images no visualizer took."""
-        del trainer, pl_module
+    def _finish(self, trainer: Trainer) -> None:
+        """Give the model's visualizers back to the trainer (the next run attaches them again), drop images."""
+        for index, callback in enumerate(trainer.callbacks):
+            original = self._originals.get(id(callback))
+            if original is not None:
+                trainer.callbacks[index] = original
         self._images.clear()
+        self._active = False
 
-    on_predict_end = on_test_end
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Restore the trainer's callbacks."""
+        del pl_module
+        self._finish(trainer)
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Restore the trainer's callbacks."""
+        del pl_module
+        self._finish(trainer)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Restore the trainer's callbacks."""
+        del pl_module, exception
+        self._finish(trainer)
 
 
 def medical_input_callbacks() -> list[Callback]:

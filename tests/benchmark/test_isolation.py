@@ -59,7 +59,7 @@ def _models(*names: str) -> list[dict[str, str]]:
 
 
 def test_run_that_kills_itself_is_recorded_and_the_next_real_run_happens(make_config) -> None:
-    from anomalib_skipts.benchmark.runners import BenchmarkRunner  # not at the top: children import this module
+    from anomalib_skipts.benchmark.pipeline import BenchmarkRunner  # not at the top: children import this module
 
     config = make_config(models=_models("Killer", "Real"))
     lines: list[str] = []
@@ -83,7 +83,7 @@ def test_run_that_kills_itself_is_recorded_and_the_next_real_run_happens(make_co
 
 
 def test_memory_limit_kills_the_run_and_the_next_one_goes_on(make_config) -> None:
-    from anomalib_skipts.benchmark.runners import BenchmarkRunner  # not at the top: children import this module
+    from anomalib_skipts.benchmark.pipeline import BenchmarkRunner  # not at the top: children import this module
 
     config = make_config(models=_models("Hog", "Fine"))
     limits = RunLimits(memory_limit_gb=0.6, poll_interval_s=0.1)
@@ -99,7 +99,7 @@ def test_memory_limit_kills_the_run_and_the_next_one_goes_on(make_config) -> Non
 
 
 def test_time_limit_stops_the_run_and_the_next_one_goes_on(make_config) -> None:
-    from anomalib_skipts.benchmark.runners import BenchmarkRunner  # not at the top: children import this module
+    from anomalib_skipts.benchmark.pipeline import BenchmarkRunner  # not at the top: children import this module
 
     config = make_config(models=_models("Sleeper", "Crasher", "Fine"), run_timeout="6s")
     start = time.perf_counter()
@@ -117,7 +117,7 @@ def test_time_limit_stops_the_run_and_the_next_one_goes_on(make_config) -> None:
 def test_limits_from_the_command_line(make_config, tmp_path: Path) -> None:
     import yaml
 
-    from anomalib_skipts.benchmark.runners import BenchmarkRunner  # not at the top: children import this module
+    from anomalib_skipts.benchmark.pipeline import BenchmarkRunner  # not at the top: children import this module
 
     config = make_config()
     path = tmp_path / "bench.yaml"
@@ -152,7 +152,7 @@ def test_mmap_threshold_is_fixed_in_each_run() -> None:
 
 
 def test_unpicklable_execute_is_refused_with_a_clear_error(make_config) -> None:
-    from anomalib_skipts.benchmark.runners import BenchmarkRunner  # not at the top: children import this module
+    from anomalib_skipts.benchmark.pipeline import BenchmarkRunner  # not at the top: children import this module
 
     def local(run: RunSpec, run_dir: Path) -> dict[str, Any]:
         return {}

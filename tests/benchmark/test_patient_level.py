@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from anomalib_skipts.benchmark.runners import BenchmarkRunner
+from anomalib_skipts.benchmark.pipeline import BenchmarkRunner
 from anomalib_skipts.data.volume_phantom import generate_volume_phantom
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from anomalib_skipts.benchmark.config import RunSpec
 from anomalib_skipts.benchmark.job import execute_run
-from anomalib_skipts.benchmark.runners import BenchmarkRunner
+from anomalib_skipts.benchmark.pipeline import BenchmarkRunner
 from anomalib_skipts.benchmark.store import ResultStore
 
 

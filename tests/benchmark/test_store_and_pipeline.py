@@ -12,7 +12,8 @@ from anomalib_skipts.benchmark.store import ResultStore, write_config_snapshot
 RUNS_CSV_COLUMNS = [
     "run_id", "model", "model_class", "group", "dataset", "seed", "status", "error", "protocol", "image_size",
     "requested_epochs", "spec_hash", "started_at", "image_auroc", "image_f1", "image_accuracy", "youden_threshold",
-    "youden_tpr", "youden_fpr", "pixel_auroc", "pixel_aupro", "pixel_dice", "n_train", "n_test", "n_test_normal",
+    "youden_tpr", "youden_fpr", "pixel_auroc", "pixel_aupro", "pixel_dice", "patient_auroc", "patient_f1",
+    "patient_accuracy", "n_test_patients", "n_train", "n_test", "n_test_normal",
     "n_test_abnormal", "test_set_hash", "max_epochs", "epochs_trained", "train_time_s", "test_time_s",
     "throughput_ips", "params", "trained_params", "flops_per_image", "device", "torch_threads", "weights",
     "init_args", "duration_s", "cpu_time_s", "peak_rss_mb", "peak_cuda_mb", "finished_at", "exit_code",
@@ -68,7 +69,7 @@ def test_one_run_by_id_from_the_snapshot(make_config) -> None:
 
 
 def test_runs_csv_columns_of_an_isolated_run(make_config) -> None:
-    from anomalib_skipts.benchmark.runners import BenchmarkRunner
+    from anomalib_skipts.benchmark.pipeline import BenchmarkRunner
 
     config = make_config(models=["Padim"])
     frame = BenchmarkRunner(config, log=lambda _: None).run()

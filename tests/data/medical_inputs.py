@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import tomllib
+from anomalib.engine import Engine
 
 from .conftest import Files
 
@@ -75,3 +76,10 @@ def ensure_entry_point(folder: Path) -> dict[str, str]:
         paths.append(str(folder))
     env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")])
     return env
+
+
+def make_engine(root: Path, **kwargs: object) -> Engine:
+    """A quiet CPU engine writing under ``root``."""
+    return Engine(
+        default_root_dir=root, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, **kwargs
+    )

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from anomalib.engine import Engine
 from anomalib.models import Padim
 from PIL import Image
 from torchvision.transforms.v2.functional import to_pil_image
@@ -20,7 +19,7 @@ from anomalib_skipts.data.readers import read_image
 from anomalib_skipts.input_settings import find_input_settings
 from anomalib_skipts.models import SkipTS
 
-from .medical_inputs import FILE_WINDOW, TRAIN_WINDOW, ensure_entry_point, write_ct_tree
+from .medical_inputs import FILE_WINDOW, TRAIN_WINDOW, ensure_entry_point, make_engine, write_ct_tree
 
 pytest.importorskip("pydicom")
 
@@ -42,12 +41,6 @@ def _datamodule(root: Path, kind: str, dicom_window: tuple[float, float] | None 
     )
 
 
-def _engine(root: Path, **kwargs: object) -> Engine:
-    return Engine(
-        default_root_dir=root, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, **kwargs
-    )
-
-
 @pytest.fixture(scope="module")
 def ct_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_ct_tree(tmp_path_factory.mktemp("ct"))
@@ -62,7 +55,7 @@ def subprocess_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def skipts_checkpoint(ct_root: Path, tmp_path_factory: pytest.TempPathFactory, subprocess_env: dict) -> Path:
     """Skip-TS fitted for one epoch on the DICOM folder with the narrow training window."""
     del subprocess_env  # the entry point must be visible before the trainer is built
-    engine = _engine(tmp_path_factory.mktemp("skipts"), max_epochs=1)
+    engine = make_engine(tmp_path_factory.mktemp("skipts"), max_epochs=1)
     model = SkipTS(backbone="resnet18", pre_trained=False, image_size=64, visualizer=False)
     engine.fit(model=model, datamodule=_datamodule(ct_root, "dicom"))
     return Path(engine.trainer.checkpoint_callback.best_model_path)
@@ -90,9 +83,10 @@ def test_baseline_test_draws_what_the_model_saw(ct_root: Path, tmp_path: Path, k
     datamodule = _datamodule(ct_root, kind)
     model = Padim(backbone="resnet18", layers=["layer1"], pre_trained=False, n_features=20)
     model.visualizer.field_size = (FIELD, FIELD)
-    engine = _engine(tmp_path, max_epochs=1)
+    engine = make_engine(tmp_path, max_epochs=1)
     engine.fit(model=model, datamodule=datamodule)
     engine.test(model=model, datamodule=datamodule)
+    engine.test(model=model, datamodule=datamodule)  # the same trainer again: drawn once more, as read
     pictures = _pictures(tmp_path)
     test_paths = list(datamodule.test_data.samples.image_path)
     assert len(pictures) == len(test_paths) == 4
@@ -110,7 +104,7 @@ def test_predict_dataset_scores_equal_test_scores(
     """Same checkpoint: MedicalPredictDataset (no settings given) scores = the datamodule's test scores."""
     datamodule = _datamodule(ct_root, kind)
     datamodule.setup()
-    reference = _engine(tmp_path / "reference").predict(
+    reference = make_engine(tmp_path / "reference").predict(
         model=SkipTS(visualizer=False), dataloaders=datamodule.test_dataloader(), ckpt_path=skipts_checkpoint
     )
     expected = {
@@ -119,7 +113,9 @@ def test_predict_dataset_scores_equal_test_scores(
         for path, score in zip(batch.image_path, batch.pred_score, strict=True)
     }
     dataset = MedicalPredictDataset(path=ct_root / kind)
-    predictions = _engine(tmp_path / "predict").predict(model=SkipTS(), dataset=dataset, ckpt_path=skipts_checkpoint)
+    predictions = make_engine(tmp_path / "predict").predict(
+        model=SkipTS(), dataset=dataset, ckpt_path=skipts_checkpoint
+    )
     assert dataset.window == TRAIN_WINDOW  # from the checkpoint, not the files' own
     actual = {
         Path(path).name: float(score)
@@ -147,7 +143,7 @@ def test_forced_window_mismatch_is_warned_and_used(
 ) -> None:
     dataset = MedicalPredictDataset(path=ct_root / "dicom" / "abnormal" / "a00.dcm", dicom_window=FILE_WINDOW)
     with caplog.at_level(logging.WARNING):
-        _engine(tmp_path).predict(model=SkipTS(visualizer=False), dataset=dataset, ckpt_path=skipts_checkpoint)
+        make_engine(tmp_path).predict(model=SkipTS(visualizer=False), dataset=dataset, ckpt_path=skipts_checkpoint)
     assert "another window than the model was trained with" in caplog.text
     assert dataset.window == FILE_WINDOW
 
@@ -196,3 +192,23 @@ def test_cli_train_and_predict_on_dicom(
         trained = np.abs(drawn - _expected_panel(image_path, TRAIN_WINDOW, side)).mean()
         own = np.abs(drawn - _expected_panel(image_path, None, side)).mean()
         assert trained < 4 < own  # read with the training window from the checkpoint, not the file's
+
+
+def test_a_loaded_skipts_model_brings_its_settings_without_ckpt_path(
+    ct_root: Path, skipts_checkpoint: Path, tmp_path: Path
+) -> None:
+    model = SkipTS.load_from_checkpoint(skipts_checkpoint, visualizer=False)
+    assert model.input_settings["dicom_window"] == list(TRAIN_WINDOW)
+    dataset = MedicalPredictDataset(path=ct_root / "dicom" / "abnormal")
+    predictions = make_engine(tmp_path).predict(model=model, dataset=dataset)
+    assert dataset.window == TRAIN_WINDOW
+    assert sum(len(batch.pred_score) for batch in predictions) == 4
+
+
+def test_datamodule_warns_when_the_checkpoint_was_trained_with_another_window(
+    ct_root: Path, skipts_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    datamodule = _datamodule(ct_root, "dicom", dicom_window=FILE_WINDOW)
+    with caplog.at_level(logging.WARNING):
+        make_engine(tmp_path).test(model=SkipTS(visualizer=False), datamodule=datamodule, ckpt_path=skipts_checkpoint)
+    assert "the checkpoint's model was trained with [40.0, 80.0]" in caplog.text

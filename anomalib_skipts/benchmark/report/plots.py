@@ -19,7 +19,7 @@ from PIL import Image
 from scipy.stats import gaussian_kde
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from ..config import slugify
+from ..specs import slugify
 from ..store import RUNS_DIR, STATUS_OK
 
 PLOTS_DIR = "plots"

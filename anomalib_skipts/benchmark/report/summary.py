@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..config import BenchmarkConfig, RunSpec
 from ..metrics import plain_mean, weighted_mean
+from ..specs import BenchmarkConfig, RunSpec
 from ..store import RUNS_CSV, STATUS_OK, read_config_snapshot
 
 SUMMARY_MD = "summary.md"

@@ -35,6 +35,7 @@ from torchvision.transforms import v2
 from .batch_norm_folding import unfold_state_dict
 from .export import head_ignored_scope, nncf_ignoring
 from .feature_cache import FeatureCacheError, TeacherFeatureCache, samples_per_process
+from .input_metadata import InputSettingsMixin
 from .loss import PAPER_BETA, SkipTSLoss, validate_loss_options
 from .torch_model import ANOMALY_MAP_LAYERS, SkipTSModel, input_size_error, resolve_backbone, validate_input_size
 
@@ -80,7 +81,7 @@ def is_deterministic(transform: object) -> bool:
     return isinstance(transform, DETERMINISTIC_TRANSFORMS)
 
 
-class SkipTS(AnomalibModule):
+class SkipTS(InputSettingsMixin, AnomalibModule):
     """Skip-TS: teacher-student model with skip connections and multiscale anomaly consistency.
 
     Args:

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from anomalib_skipts.benchmark.compression import load_test_images, run_inferencer
+from tools.compression import load_test_images, run_inferencer
 
 
 class EightBitGuessingInferencer:
