@@ -354,8 +354,9 @@ def datamodule_init_args(run: RunSpec, datamodule_class: type[AnomalibDataModule
         "num_workers": protocol.num_workers,
         "val_split_mode": "same_as_test",
     }
+    accepts_any = any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values())
     for key, value in defaults.items():
-        if key in parameters:
+        if key in parameters or accepts_any:
             kwargs.setdefault(key, value)
     if protocol.vary_split_with_seed and run.dataset.seed_arg:
         kwargs[run.dataset.seed_arg] = run.seed

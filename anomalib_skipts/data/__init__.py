@@ -1,20 +1,21 @@
-"""Medical datamodules for anomalib: any folder of medical images, and the Skip-TS benchmark datasets."""
+"""Medical datamodules for anomalib: any folder of medical images, and the Skip-TS benchmark datasets.
 
+Every datamodule is a :class:`MedicalDataModule` (:mod:`~anomalib_skipts.data.base`); each dataset
+family has one module with its raw-layout loader and its datamodule: :mod:`~.medical_folder`
+(:class:`MedicalFolder`), :mod:`~.table1` (the paper's Table I datasets, :data:`DATASETS`),
+:mod:`~.bmad`, :mod:`~.medianomaly` and :mod:`~.phantom` (the offline demo data).
+"""
+
+from anomalib_skipts.data.base import MedicalDataModule, MedicalFolderDataset
 from anomalib_skipts.data.bmad import BMAD, BMAD_CATEGORIES
 from anomalib_skipts.data.items import MedicalImageBatch, MedicalImageItem
 from anomalib_skipts.data.medianomaly import MEDIANOMALY_CATEGORIES, MedIAnomaly
-from anomalib_skipts.data.medical_folder import (
-    DatasetProblem,
-    InvalidDatasetError,
-    MedicalDataModule,
-    MedicalFolder,
-    MedicalFolderDataset,
-    SplitError,
-)
+from anomalib_skipts.data.medical_folder import MedicalFolder
 from anomalib_skipts.data.phantom import HeadPhantom, generate_head_phantom
 from anomalib_skipts.data.predict import MedicalInputs, MedicalPredictDataset
+from anomalib_skipts.data.problems import DatasetProblem, InvalidDatasetError, SplitError
 from anomalib_skipts.data.readers import DICOM_WINDOWS, ImageReadError, read_image, read_mask
-from anomalib_skipts.data.registry import (
+from anomalib_skipts.data.table1 import (
     BUSI,
     DATAMODULES,
     DATASETS,
@@ -28,6 +29,7 @@ from anomalib_skipts.data.registry import (
     MalariaCell,
     RetinalOCT,
     SplitCounts,
+    get_benchmark_datamodule,
     get_datamodule,
     get_dataset,
 )
@@ -69,6 +71,7 @@ __all__ = [
     "VolumeSliceDataset",
     "generate_head_phantom",
     "generate_volume_phantom",
+    "get_benchmark_datamodule",
     "get_datamodule",
     "get_dataset",
     "read_image",

@@ -32,26 +32,19 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import logging
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from anomalib.data.datamodules.image import bmad as anomalib_bmad
-from anomalib.data.utils import LabelName, Split, TestSplitMode, ValSplitMode
+from anomalib.data.utils import LabelName, ValSplitMode
 from pandas import DataFrame
-from torchvision.transforms.v2 import Transform
 
-from anomalib_skipts.data.medical_folder import (
-    DatasetProblem,
-    InvalidDatasetError,
-    MedicalFolderDataset,
-    list_folder,
-    make_samples,
-    validate_samples,
-)
+from anomalib_skipts.data.base import MedicalDataModule
+from anomalib_skipts.data.listing import child_folder, list_folder, make_samples, normalise_name
+from anomalib_skipts.data.problems import DatasetProblem
 
 __all__ = ["BMAD", "BMAD_CATEGORIES", "BMADCategory", "make_bmad_samples"]
 
@@ -107,10 +100,6 @@ LAYOUT = """\
   test/good/[img/]*.png, test/Ungood/[img/]*.png, test/Ungood/label/*.png   the same for the test set"""
 
 
-def _normalise(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
 def resolve_category(category: str) -> BMADCategory:
     """Return the BMAD category named ``category`` (anomalib's name or an alias, case ignored).
 
@@ -124,19 +113,11 @@ def resolve_category(category: str) -> BMADCategory:
         ValueError: If no category has that name.
     """
     for info in BMAD_CATEGORIES.values():
-        if _normalise(category) in {_normalise(name) for name in (info.name, *info.aliases)}:
+        if normalise_name(category) in {normalise_name(name) for name in (info.name, *info.aliases)}:
             return info
     known = ", ".join(f"{info.name} ({info.source})" for info in BMAD_CATEGORIES.values())
     msg = f"Unknown BMAD category {category!r}; BMAD's categories are {known}."
     raise ValueError(msg)
-
-
-def _child(folder: Path, names: Iterable[str]) -> Path | None:
-    """Sub-folder of ``folder`` whose name is one of ``names`` (case and punctuation ignored)."""
-    wanted = {_normalise(name) for name in names}
-    if not folder.is_dir():
-        return None
-    return next((path for path in sorted(folder.iterdir()) if path.is_dir() and _normalise(path.name) in wanted), None)
 
 
 def find_category_dir(root: str | Path, category: str) -> Path | None:
@@ -151,10 +132,11 @@ def find_category_dir(root: str | Path, category: str) -> Path | None:
     """
     info = resolve_category(category)
     root = Path(root).expanduser()
-    found = _child(root, (info.name, *info.aliases))
+    found = child_folder(root, info.name, *info.aliases)
     if found is not None:
         return found
-    if _normalise(root.name) in {_normalise(name) for name in (info.name, *info.aliases)} and (root / "train").is_dir():
+    names = {normalise_name(name) for name in (info.name, *info.aliases)}
+    if normalise_name(root.name) in names and (root / "train").is_dir():
         return root
     return None
 
@@ -180,7 +162,7 @@ def make_bmad_samples(
     records = []
     masks_of: dict[Path, list[Path]] = {}
     for split in splits:
-        split_dir = _child(category_dir, [split])
+        split_dir = child_folder(category_dir, split)
         if split_dir is None:
             reason = "folder does not exist"
             if split == "valid":
@@ -198,11 +180,11 @@ def make_bmad_samples(
                 reason = "abnormal images in the training split: BMAD trains on normal images only; left out"
                 problems.append(DatasetProblem(str(class_dir), reason))
                 continue
-            image_dir = _child(class_dir, ["img"]) or class_dir
+            image_dir = child_folder(class_dir, "img") or class_dir
             listing = list_folder(image_dir, mask_suffix=None, recursive=False, role=f"{split} {class_dir.name}")
             problems += listing.problems
             records += [(path, int(label), split, path.relative_to(category_dir).as_posix()) for path in listing.images]
-            label_dir = _child(class_dir, ["label"])
+            label_dir = child_folder(class_dir, "label")
             if label_dir is not None and label == LabelName.ABNORMAL:
                 masks_of.update(_match_masks(listing.images, label_dir, problems))
             elif label_dir is not None:
@@ -235,74 +217,46 @@ def _match_masks(images: list[Path], label_dir: Path, problems: list[DatasetProb
     return matched
 
 
-class BMAD(anomalib_bmad.BMAD):
+class BMAD(MedicalDataModule):
     """BMAD datamodule reading a local copy in place (see the module docstring).
 
-    Same arguments as :class:`anomalib.data.BMAD`, plus ``skip_invalid`` and ``download``. The
-    validation set is BMAD's ``valid`` split (``val_split_mode="from_dir"``, the default); the
-    other anomalib split modes work as usual.
+    The arguments of :class:`anomalib.data.BMAD`, plus ``skip_invalid``, ``download`` and the
+    subsets of the :class:`~anomalib_skipts.data.base.MedicalDataModule` base. The validation set is
+    BMAD's ``valid`` split (``val_split_mode="from_dir"``, the default); the other anomalib split
+    modes work as usual.
 
     Args:
         root: BMAD root (holding the category folders) or the category folder itself.
         category: ``Brain``, ``Liver``, ``Retina_RESC`` (with masks), ``Retina_OCT2017``, ``Chest``,
             ``Histopathology`` (image labels only); aliases such as ``BraTS2021``, ``RSNA``,
             ``Camelyon16`` are accepted.
-        train_batch_size: Training batch size.
-        eval_batch_size: Validation/test batch size.
-        num_workers: Dataloader workers.
-        train_augmentations: Augmentations of training images.
-        val_augmentations: Augmentations of validation images.
-        test_augmentations: Augmentations of test images.
-        augmentations: Augmentations used where no stage-specific ones are given.
-        test_split_mode: anomalib's test split mode.
-        test_split_ratio: anomalib's test split ratio.
         val_split_mode: anomalib's validation split mode; ``from_dir`` uses BMAD's ``valid`` split.
-        val_split_ratio: anomalib's validation split ratio (other modes).
-        seed: Seed of anomalib's random splits (other modes).
-        skip_invalid: Leave out invalid files (one warning each) instead of failing at set-up.
         download: Download anomalib's copy of BMAD into ``root`` when the category folder is
             missing. Off by default: nothing is downloaded, a missing folder is an error.
+        **kwargs: The arguments of :class:`~anomalib_skipts.data.base.MedicalDataModule`:
+            ``skip_invalid``, batch sizes, workers, augmentations, split modes and ratios, ``seed``
+            (anomalib's random splits, other modes), and ``num_train`` / ``num_test_normal`` /
+            ``num_test_abnormal`` (seeded subsets of BMAD's split, seeded by ``split_seed``).
     """
 
     def __init__(
         self,
         root: str | Path | None = "./datasets/BMAD",
         category: str = "Brain",
-        train_batch_size: int = 32,
-        eval_batch_size: int = 32,
-        num_workers: int = 8,
-        train_augmentations: Transform | None = None,
-        val_augmentations: Transform | None = None,
-        test_augmentations: Transform | None = None,
-        augmentations: Transform | None = None,
-        test_split_mode: TestSplitMode | str = TestSplitMode.FROM_DIR,
-        test_split_ratio: float = 0.2,
         val_split_mode: ValSplitMode | str = ValSplitMode.FROM_DIR,
-        val_split_ratio: float | None = None,
-        seed: int | None = None,
-        skip_invalid: bool = False,
         download: bool = False,
+        **kwargs: Any,
     ) -> None:
         info = resolve_category(category)
-        super().__init__(
-            root=Path(root).expanduser() if root is not None else None,
-            category=info.name,
-            train_batch_size=train_batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            train_augmentations=train_augmentations,
-            val_augmentations=val_augmentations,
-            test_augmentations=test_augmentations,
-            augmentations=augmentations,
-            test_split_mode=test_split_mode,
-            test_split_ratio=test_split_ratio,
-            val_split_mode=val_split_mode,
-            val_split_ratio=val_split_ratio,
-            seed=seed,
-        )
+        super().__init__(name="BMAD", val_split_mode=val_split_mode, **kwargs)
+        self.root = Path(root).expanduser() if root is not None else Path.cwd()
+        self.category = info.name
         self.info = info
-        self.skip_invalid = skip_invalid
         self.download = download
+
+    @property
+    def _label(self) -> str:
+        return f"BMAD {self.category}"
 
     @property
     def category_dir(self) -> Path | None:
@@ -314,10 +268,10 @@ class BMAD(anomalib_bmad.BMAD):
         if self.category_dir is not None:
             logger.info("BMAD %s: reading %s in place.", self.category, self.category_dir)
         elif self.download:
-            super().prepare_data()
+            anomalib_bmad.download_and_extract(self.root, anomalib_bmad.DOWNLOAD_INFO)
         # else: setup() reports the missing folder with the expected layout
 
-    def _hint(self) -> str:
+    def _layout_hint(self) -> str:
         names = ", ".join((self.info.name, *self.info.aliases))
         return (
             f"root is {self.root.absolute()}; the category folder is looked for there under the names {names}.\n"
@@ -325,40 +279,13 @@ class BMAD(anomalib_bmad.BMAD):
             f"download=True (CLI: --data.download true).\nExpected layout:\n{LAYOUT}"
         )
 
-    def prepare_samples(self) -> DataFrame:
-        """List and validate the files of the splits this datamodule uses.
-
-        Returns:
-            Samples frame with ``split`` set to ``"train"``, ``"valid"`` or ``"test"`` (``"valid"``
-            only with ``val_split_mode="from_dir"``).
-
-        Raises:
-            InvalidDatasetError: If folders are missing or files invalid (see ``skip_invalid``).
-        """
-        name = f"BMAD {self.category}"
+    def _make_samples(self) -> tuple[DataFrame, list[DatasetProblem]]:
         category_dir = self.category_dir
         if category_dir is None:
             reason = f"no {self.category} folder found (nothing is downloaded unless download=True)"
-            raise InvalidDatasetError(name, [DatasetProblem(str(self.root), reason, fatal=True)], hint=self._hint())
+            return make_samples([]), [DatasetProblem(str(self.root), reason, fatal=True)]
         splits = _SPLITS if self.val_split_mode == ValSplitMode.FROM_DIR else ("train", "test")
         samples, problems = make_bmad_samples(category_dir, splits)
-        task = samples.attrs.get("task")
-        if self.info.masks and task != "segmentation":
+        if self.info.masks and samples.attrs.get("task") != "segmentation":
             logger.warning("BMAD %s has pixel masks, but none were found: only image metrics.", self.category)
-        return validate_samples(samples, name, problems, skip_invalid=self.skip_invalid, hint=self._hint())
-
-    def _setup(self, _stage: str | None = None) -> None:
-        samples = self.prepare_samples()
-        counts = samples.groupby(["split", "label"]).size().to_dict()
-        logger.info(
-            "BMAD %s (%s): train %d normal; valid %d normal, %d abnormal; test %d normal, %d abnormal.",
-            self.category,
-            samples.attrs.get("task"),
-            *(counts.get(key, 0) for key in (("train", "normal"), ("valid", "normal"), ("valid", "abnormal"))),
-            *(counts.get(key, 0) for key in (("test", "normal"), ("test", "abnormal"))),
-        )
-        name = f"BMAD_{self.category}"
-        self.train_data = MedicalFolderDataset(samples, name=name, split=Split.TRAIN)
-        self.test_data = MedicalFolderDataset(copy.deepcopy(samples), name=name, split=Split.TEST)
-        if self.val_split_mode == ValSplitMode.FROM_DIR:
-            self.val_data = MedicalFolderDataset(copy.deepcopy(samples), name=name, split="valid")
+        return samples, problems

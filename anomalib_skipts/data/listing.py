@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from anomalib import TaskType
 from anomalib.data.utils import LabelName
 from pandas import DataFrame
 
-from anomalib_skipts.data.masks import DEFAULT_MASK_SUFFIX, mask_stem, match_masks
+from anomalib_skipts.data.masks import DEFAULT_MASK_SUFFIX, mask_stem
 from anomalib_skipts.data.problems import DatasetProblem
 from anomalib_skipts.data.readers import SUPPORTED_EXTENSIONS, is_dicom_file
 
@@ -31,9 +32,10 @@ __all__ = [
     "SAMPLE_COLUMNS",
     "FolderListing",
     "list_folder",
-    "make_medical_folder_samples",
     "make_samples",
+    "child_folder",
     "normalise_extensions",
+    "normalise_name",
 ]
 
 logger = logging.getLogger(__name__)
@@ -79,6 +81,29 @@ def normalise_extensions(extensions: Iterable[str] | None) -> tuple[str, ...]:
         msg = "extensions must name at least one file extension, e.g. ['.png']."
         raise ValueError(msg)
     return normalised
+
+
+def normalise_name(name: str) -> str:
+    """Return a name with case, spaces and punctuation dropped (``"CP-CHILD A"`` -> ``"cpchilda"``)."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def child_folder(folder: str | Path, *names: str) -> Path | None:
+    """Return the sub-folder of ``folder`` whose name is one of ``names`` (case and punctuation ignored).
+
+    Args:
+        folder: Folder to look in (may not exist).
+        *names: Accepted names, e.g. ``"valid"``, ``"val"``.
+
+    Returns:
+        The first matching sub-folder in sorted order, or ``None``.
+    """
+    folder = Path(folder)
+    wanted = {normalise_name(name) for name in names}
+    if not folder.is_dir():
+        return None
+    matches = (path for path in sorted(folder.iterdir()) if path.is_dir() and normalise_name(path.name) in wanted)
+    return next(matches, None)
 
 
 def list_folder(
@@ -151,14 +176,6 @@ def list_folder(
     return listing
 
 
-def _sample_key(path: Path, base: Path) -> str:
-    """Location-independent identifier of a file, used to order it for the split."""
-    try:
-        return path.resolve().relative_to(base.resolve()).as_posix()
-    except ValueError:
-        return path.name
-
-
 def make_samples(
     records: Iterable[tuple[Path, int, str, Sequence[Path], str]],
     task: TaskType | str | None = None,
@@ -197,105 +214,3 @@ def make_samples(
         task = TaskType.SEGMENTATION if (samples["mask_path"] != "").any() else TaskType.CLASSIFICATION
     samples.attrs["task"] = TaskType(task).value
     return samples
-
-
-def _as_paths(value: str | Path | Sequence[str | Path] | None, root: Path | None) -> list[Path]:
-    if value is None:
-        return []
-    values = [value] if isinstance(value, str | Path) else list(value)
-    paths = []
-    for item in values:
-        path = Path(item).expanduser()
-        paths.append((path if path.is_absolute() or root is None else root / path).absolute())
-    return paths
-
-
-def make_medical_folder_samples(
-    normal_dir: str | Path | Sequence[str | Path],
-    root: str | Path | None = None,
-    abnormal_dir: str | Path | Sequence[str | Path] | None = None,
-    normal_test_dir: str | Path | Sequence[str | Path] | None = None,
-    mask_dir: str | Path | Sequence[str | Path] | None = None,
-    extensions: Iterable[str] | None = None,
-    mask_suffix: str | None = DEFAULT_MASK_SUFFIX,
-) -> tuple[DataFrame, list[DatasetProblem]]:
-    """Find the images and masks of a medical folder dataset.
-
-    Args:
-        normal_dir: Folder(s) of normal images (relative to ``root`` unless absolute).
-        root: Dataset root; ``None`` resolves folders from the working directory.
-        abnormal_dir: Folder(s) of abnormal images.
-        normal_test_dir: Folder(s) of normal images reserved for testing. When given, the images of
-            ``normal_dir`` are all training candidates.
-        mask_dir: Folder(s) of masks of the abnormal images, named like their image (``x.png``) or
-            with the mask suffix (``x_mask.png``, ``x_mask_1.png``). May be the image folder itself.
-        extensions: Accepted image extensions (case-insensitive); ``None`` for all supported ones.
-        mask_suffix: Suffix that marks masks beside images; ``None`` disables it.
-
-    Returns:
-        The samples frame (see :func:`make_samples`; normal images from ``normal_dir`` have an
-        unassigned split) and every problem found.
-    """
-    root_path = Path(root).expanduser() if root is not None else None
-    problems: list[DatasetProblem] = []
-    records: dict[Path, tuple[int, str, Path]] = {}  # image -> (label_index, split, its folder)
-    all_masks: list[Path] = []
-    image_dirs: set[Path] = set()
-
-    roles = [
-        (normal_dir, LabelName.NORMAL, "train" if normal_test_dir is not None else "", "normal"),
-        (normal_test_dir, LabelName.NORMAL, "test", "normal test"),
-        (abnormal_dir, LabelName.ABNORMAL, "test", "abnormal"),
-    ]
-    for value, label_index, split, role in roles:
-        for folder in _as_paths(value, root_path):
-            image_dirs.add(folder.resolve())
-            listing = list_folder(folder, extensions, mask_suffix, role=role)
-            problems += listing.problems
-            all_masks += listing.masks
-            for image in listing.images:
-                if image in records and records[image][0] != label_index:
-                    problems.append(DatasetProblem(str(image), "listed as both normal and abnormal"))
-                records.setdefault(image, (int(label_index), split, folder))
-
-    mask_dirs = _as_paths(mask_dir, root_path)
-    for folder in mask_dirs:
-        if folder.resolve() in image_dirs:
-            if not mask_suffix:
-                reason = "mask folder is also an image folder, so masks need a mask_suffix to be told apart"
-                problems.append(DatasetProblem(str(folder), reason, fatal=True))
-            continue  # masks beside the images were listed with them
-        listing = list_folder(folder, extensions, mask_suffix, masks_only=True, role="mask")
-        problems += listing.problems
-        all_masks += listing.masks
-    if mask_dirs and not all_masks and not any(problem.fatal for problem in problems):
-        problems.append(
-            DatasetProblem(", ".join(map(str, mask_dirs)), "mask folder given but no mask files found", fatal=True)
-        )
-
-    resolved_mask_dirs = {folder.resolve() for folder in mask_dirs if folder.resolve() not in image_dirs}
-    masks_of = match_masks(records, sorted(set(all_masks)), mask_suffix, resolved_mask_dirs, problems)
-
-    keys = _unique_keys({image: folder for image, (_, _, folder) in records.items()}, root_path)
-    samples = make_samples(
-        (image, label, split, masks_of.get(image, []), keys[image])
-        for image, (label, split, _) in records.items()
-    )
-    return samples, problems
-
-
-def _unique_keys(folders: dict[Path, Path], root: Path | None) -> dict[Path, str]:
-    """Key each image by ``<its folder's name>/<path inside it>``: independent of where the data lives.
-
-    Images whose keys collide (equally named folders, e.g. ``train/NORMAL`` and ``test/NORMAL``,
-    holding equally named files) are keyed by their path relative to ``root`` (or the filesystem
-    root) instead.
-    """
-    keys = {image: (Path(folder.name) / image.relative_to(folder)).as_posix() for image, folder in folders.items()}
-    counts: dict[str, int] = {}
-    for key in keys.values():
-        counts[key] = counts.get(key, 0) + 1
-    for image, key in keys.items():
-        if counts[key] > 1:
-            keys[image] = _sample_key(image, root if root is not None else Path(image.anchor))
-    return keys

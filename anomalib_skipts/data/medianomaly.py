@@ -11,7 +11,7 @@ comes, with the split the benchmark defines:
   ``test/tumor/<name>`` is ``test/annotation/<name with "flair" replaced by "seg">``; pixel metrics;
 - ``train/good/``, ``test/good/``, ``test/Ungood/`` (Camelyon16); image labels only.
 
-It is a :class:`~anomalib_skipts.data.MedicalDataModule`: every listed file is checked at set-up and
+It is a :class:`~anomalib_skipts.data.base.MedicalDataModule`: every listed file is checked at set-up and
 all problems (a missing ``data.json``, a listed file that is not there, a tumour slice without its
 annotation, corrupt files) are reported in one :class:`~anomalib_skipts.data.InvalidDatasetError`,
 or left out with ``skip_invalid=True``; ``num_train`` / ``num_test_normal`` / ``num_test_abnormal``
@@ -31,20 +31,16 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
+from typing import Any
 
-from anomalib.data.utils import LabelName, TestSplitMode, ValSplitMode
+from anomalib.data.utils import LabelName, ValSplitMode
 from pandas import DataFrame
-from torchvision.transforms.v2 import Transform
 
-from anomalib_skipts.data.medical_folder import (
-    DatasetProblem,
-    MedicalDataModule,
-    list_folder,
-    make_medical_folder_samples,
-    make_samples,
-)
+from anomalib_skipts.data.base import MedicalDataModule
+from anomalib_skipts.data.listing import list_folder, make_samples, normalise_name
+from anomalib_skipts.data.medical_folder import make_medical_folder_samples
+from anomalib_skipts.data.problems import DatasetProblem
 
 __all__ = [
     "MEDIANOMALY_CATEGORIES",
@@ -208,10 +204,6 @@ def load_medianomaly_folders(base: str | Path) -> tuple[DataFrame, list[DatasetP
 _LOADERS = {"json": load_medianomaly_json, "brats": load_medianomaly_brats, "folders": load_medianomaly_folders}
 
 
-def _normalise(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
 class MedIAnomaly(MedicalDataModule):
     """A MedIAnomaly benchmark with its own train/test split (see the module docstring).
 
@@ -220,77 +212,31 @@ class MedIAnomaly(MedicalDataModule):
             the MedIAnomaly code) or the category folder itself.
         category: ``RSNA``, ``VinCXR``, ``BrainTumor``, ``LAG`` (``data.json``), ``BraTS2021``
             (masks) or ``Camelyon16``. Another name is read if its folder has one of the layouts.
-        num_train: Seeded subset of the normal training images; ``None`` uses all.
-        num_test_normal: Seeded subset of the normal test images; ``None`` uses all.
-        num_test_abnormal: Seeded subset of the abnormal test images; ``None`` uses all.
-        split_seed: Seed of the subsets.
-        skip_invalid: Leave out invalid or missing files (one warning each) instead of failing.
-        train_batch_size: Training batch size.
-        eval_batch_size: Validation/test batch size.
-        num_workers: Dataloader workers.
-        train_augmentations: Augmentations of training images.
-        val_augmentations: Augmentations of validation images.
-        test_augmentations: Augmentations of test images.
-        augmentations: Augmentations used where no stage-specific ones are given.
-        test_split_mode: anomalib's test split mode.
-        test_split_ratio: anomalib's test split ratio.
         val_split_mode: anomalib's validation split mode; default ``same_as_test``: MedIAnomaly has
             no validation split and evaluates on the test set.
-        val_split_ratio: anomalib's validation split ratio.
-        seed: Seed of anomalib's validation split; ``None`` uses ``split_seed``.
+        **kwargs: The arguments of :class:`~anomalib_skipts.data.base.MedicalDataModule`:
+            ``num_train``, ``num_test_normal``, ``num_test_abnormal`` take seeded subsets (seeded by
+            ``split_seed``) of the benchmark's split (``None``, the default, uses all of it);
+            ``skip_invalid``, batch sizes, workers, augmentations, split modes, ``seed``.
     """
 
     def __init__(
         self,
         root: str | Path = "./datasets/MedIAnomaly-Data",
         category: str = "RSNA",
-        num_train: int | None = None,
-        num_test_normal: int | None = None,
-        num_test_abnormal: int | None = None,
-        split_seed: int = 0,
-        skip_invalid: bool = False,
-        train_batch_size: int = 32,
-        eval_batch_size: int = 32,
-        num_workers: int = 8,
-        train_augmentations: Transform | None = None,
-        val_augmentations: Transform | None = None,
-        test_augmentations: Transform | None = None,
-        augmentations: Transform | None = None,
-        test_split_mode: TestSplitMode | str = TestSplitMode.FROM_DIR,
-        test_split_ratio: float = 0.2,
         val_split_mode: ValSplitMode | str = ValSplitMode.SAME_AS_TEST,
-        val_split_ratio: float = 0.5,
-        seed: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            name="MedIAnomaly",
-            num_train=num_train,
-            num_test_normal=num_test_normal,
-            num_test_abnormal=num_test_abnormal,
-            split_seed=split_seed,
-            skip_invalid=skip_invalid,
-            train_batch_size=train_batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            train_augmentations=train_augmentations,
-            val_augmentations=val_augmentations,
-            test_augmentations=test_augmentations,
-            augmentations=augmentations,
-            test_split_mode=test_split_mode,
-            test_split_ratio=test_split_ratio,
-            val_split_mode=val_split_mode,
-            val_split_ratio=val_split_ratio,
-            seed=seed,
-        )
-        known = {_normalise(name): name for name in MEDIANOMALY_CATEGORIES}
-        self.category = known.get(_normalise(category), category)
+        super().__init__(name="MedIAnomaly", val_split_mode=val_split_mode, **kwargs)
+        known = {normalise_name(name): name for name in MEDIANOMALY_CATEGORIES}
+        self.category = known.get(normalise_name(category), category)
         self.root = Path(root).expanduser()
 
     @property
     def category_dir(self) -> Path:
         """The category folder: ``root/<category>``, or ``root`` if it is the category folder."""
         nested = self.root / self.category
-        if nested.is_dir() or _normalise(self.root.name) != _normalise(self.category):
+        if nested.is_dir() or normalise_name(self.root.name) != normalise_name(self.category):
             return nested
         return self.root
 

@@ -1,27 +1,15 @@
-"""Medical-folder dataset and datamodule: normal, abnormal and optional mask folders, split by seed.
+"""The medical-folder family: "normal images here, abnormal images there, optional masks there".
 
 Medical downloads are folders of images, rarely MVTec trees with a predefined train/test split.
-:class:`MedicalFolder` turns "normal images here, abnormal images there, optional masks there" into
-an anomalib datamodule:
+:func:`make_medical_folder_samples` (the raw-layout loader) finds the files of such folders
+(recursively, case-insensitive extensions, DICOM by content, masks in ``mask_dir`` or beside the
+images as ``<image stem><mask_suffix>[_<n>].<ext>``, several masks OR-ed) and :class:`MedicalFolder`
+(the datamodule) splits them with the seeded split of the
+:class:`~anomalib_skipts.data.base.MedicalDataModule` base, validates the chosen files at set-up and
+reads them with the medical readers (16-bit, EXIF, DICOM).
 
-each job is a module of its own, and this one puts them together:
-
-- :mod:`~anomalib_skipts.data.listing` finds the files (recursively, case-insensitive extensions,
-  DICOM by content) and :mod:`~anomalib_skipts.data.masks` matches the masks (``mask_dir``, or
-  ``<image stem><mask_suffix>[_<n>].<ext>`` beside the images; several masks are OR-ed);
-- :mod:`~anomalib_skipts.data.split` chooses the seeded split from the listing (by count or ratio,
-  bit-for-bit reproducible, by patient where the file names tell the patient);
-- :mod:`~anomalib_skipts.data.validation` then decodes only the chosen files at
-  :meth:`~MedicalDataModule.setup`, before training starts, and reports every problem in one
-  :class:`~anomalib_skipts.data.problems.InvalidDatasetError` (or, with ``skip_invalid=True``,
-  leaves them out with one warning each);
-- :class:`MedicalFolderDataset` and the datamodules here are anomalib's: samples carry anomalib's
-  ``split`` column, so ``TestSplitMode`` / ``ValSplitMode`` and the rest of the
-  :class:`~anomalib.data.AnomalibDataModule` machinery work unchanged; images are read with
-  :func:`~anomalib_skipts.data.readers.read_image` (16-bit, EXIF, DICOM).
-
-The functions of those modules are re-exported here, so ``from anomalib_skipts.data.medical_folder
-import assign_split`` keeps working.
+The helpers of the other data modules are re-exported here, so that
+``from anomalib_skipts.data.medical_folder import assign_split`` keeps working.
 
 Example:
     >>> from anomalib_skipts.data import MedicalFolder
@@ -41,38 +29,19 @@ Example:
 
 from __future__ import annotations
 
-import copy
-import functools
-import logging
-from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from anomalib import TaskType
-from anomalib.data import AnomalibDataModule, AnomalibDataset
-from anomalib.data.dataclasses import ImageItem
-from anomalib.data.utils import LabelName, Split, TestSplitMode, ValSplitMode
+from anomalib.data.utils import LabelName
 from pandas import DataFrame
-from torchvision.transforms.v2 import Transform
-from torchvision.tv_tensors import Mask
 
-from anomalib_skipts.data.listing import (
-    ABNORMAL,
-    NORMAL,
-    FolderListing,
-    list_folder,
-    make_medical_folder_samples,
-    make_samples,
-    normalise_extensions,
-)
-from anomalib_skipts.data.masks import DEFAULT_MASK_SUFFIX, mask_stem
+from anomalib_skipts.data.base import MedicalDataModule, MedicalFolderDataset
+from anomalib_skipts.data.listing import FolderListing, list_folder, make_samples, normalise_extensions
+from anomalib_skipts.data.masks import DEFAULT_MASK_SUFFIX, mask_stem, match_masks
 from anomalib_skipts.data.problems import DatasetProblem, InvalidDatasetError, SplitError
-from anomalib_skipts.data.readers import DicomWindow, read_image, read_mask
-from anomalib_skipts.data.split import add_patients, assign_split, check_split_arguments
+from anomalib_skipts.data.split import add_patients, assign_split
 from anomalib_skipts.data.validation import select_samples, validate_samples
-from anomalib_skipts.input_settings import INPUT_SETTINGS_KEY, describe_inputs
 
 __all__ = [
     "DEFAULT_MASK_SUFFIX",
@@ -93,307 +62,122 @@ __all__ = [
     "validate_samples",
 ]
 
-logger = logging.getLogger(__name__)
-
 
 # --------------------------------------------------------------------------------------------------
-# Dataset
+# Raw layout
 # --------------------------------------------------------------------------------------------------
-class MedicalFolderDataset(AnomalibDataset):
-    """anomalib dataset over a samples frame, reading images with the medical readers.
+def _as_paths(value: str | Path | Sequence[str | Path] | None, root: Path | None) -> list[Path]:
+    if value is None:
+        return []
+    values = [value] if isinstance(value, str | Path) else list(value)
+    paths = []
+    for item in values:
+        path = Path(item).expanduser()
+        paths.append((path if path.is_absolute() or root is None else root / path).absolute())
+    return paths
+
+
+def make_medical_folder_samples(
+    normal_dir: str | Path | Sequence[str | Path],
+    root: str | Path | None = None,
+    abnormal_dir: str | Path | Sequence[str | Path] | None = None,
+    normal_test_dir: str | Path | Sequence[str | Path] | None = None,
+    mask_dir: str | Path | Sequence[str | Path] | None = None,
+    extensions: Iterable[str] | None = None,
+    mask_suffix: str | None = DEFAULT_MASK_SUFFIX,
+) -> tuple[DataFrame, list[DatasetProblem]]:
+    """Find the images and masks of a medical folder dataset.
 
     Args:
-        samples: Samples frame with at least ``image_path``, ``label_index``, ``mask_path`` and
-            ``split`` (see :func:`make_samples`; an optional ``mask_paths`` column lists several
-            masks per image, OR-ed together).
-        name: Dataset name.
-        split: Keep only this split (``"train"``/``"test"``); ``None`` keeps every sample.
-        augmentations: Augmentations applied to image (and mask), as in anomalib.
-        dicom_window: DICOM display window, see :func:`~anomalib_skipts.data.readers.read_image`.
+        normal_dir: Folder(s) of normal images (relative to ``root`` unless absolute).
+        root: Dataset root; ``None`` resolves folders from the working directory.
+        abnormal_dir: Folder(s) of abnormal images.
+        normal_test_dir: Folder(s) of normal images reserved for testing. When given, the images of
+            ``normal_dir`` are all training candidates.
+        mask_dir: Folder(s) of masks of the abnormal images, named like their image (``x.png``) or
+            with the mask suffix (``x_mask.png``, ``x_mask_1.png``). May be the image folder itself.
+        extensions: Accepted image extensions (case-insensitive); ``None`` for all supported ones.
+        mask_suffix: Suffix that marks masks beside images; ``None`` disables it.
 
-    Example:
-        >>> samples, problems = make_medical_folder_samples("no", root="brainmri", abnormal_dir="yes")
-        >>> samples = assign_split(validate_samples(samples, "brainmri", problems), num_train=58)
-        >>> dataset = MedicalFolderDataset(samples, name="brainmri", split="train")
-        >>> dataset[0].image.shape   # (3, H, W), float in [0, 1]
+    Returns:
+        The samples frame (see :func:`make_samples`; normal images from ``normal_dir`` have an
+        unassigned split) and every problem found.
     """
+    root_path = Path(root).expanduser() if root is not None else None
+    problems: list[DatasetProblem] = []
+    records: dict[Path, tuple[int, str, Path]] = {}  # image -> (label_index, split, its folder)
+    all_masks: list[Path] = []
+    image_dirs: set[Path] = set()
 
-    def __init__(
-        self,
-        samples: DataFrame,
-        name: str = "MedicalFolder",
-        split: str | Split | None = None,
-        augmentations: Transform | None = None,
-        dicom_window: DicomWindow | None = None,
-    ) -> None:
-        super().__init__(augmentations=augmentations)
-        self._name = name
-        self.split = split
-        self.dicom_window = dicom_window
-        attrs = dict(samples.attrs)
-        if "task" not in attrs:
-            has_masks = "mask_path" in samples and (samples["mask_path"].fillna("") != "").any()
-            attrs["task"] = (TaskType.SEGMENTATION if has_masks else TaskType.CLASSIFICATION).value
-        if "mask_path" not in samples:
-            samples = samples.assign(mask_path="")
-        if split is not None:
-            split_value = split.value if isinstance(split, Split) else str(split)
-            samples = samples[samples["split"] == split_value].reset_index(drop=True)
-        samples = samples.copy()
-        samples.attrs = attrs
-        self.samples = samples
+    roles = [
+        (normal_dir, LabelName.NORMAL, "train" if normal_test_dir is not None else "", "normal"),
+        (normal_test_dir, LabelName.NORMAL, "test", "normal test"),
+        (abnormal_dir, LabelName.ABNORMAL, "test", "abnormal"),
+    ]
+    for value, label_index, split, role in roles:
+        for folder in _as_paths(value, root_path):
+            image_dirs.add(folder.resolve())
+            listing = list_folder(folder, extensions, mask_suffix, role=role)
+            problems += listing.problems
+            all_masks += listing.masks
+            for image in listing.images:
+                if image in records and records[image][0] != label_index:
+                    problems.append(DatasetProblem(str(image), "listed as both normal and abnormal"))
+                records.setdefault(image, (int(label_index), split, folder))
 
-    @property
-    def name(self) -> str:
-        """Name of the dataset."""
-        return self._name
-
-    def __getitem__(self, index: int) -> ImageItem:
-        """Read one sample as anomalib's :class:`~anomalib.data.dataclasses.ImageItem`.
-
-        Same as :meth:`AnomalibDataset.__getitem__` except that images and masks are read with
-        :func:`~anomalib_skipts.data.readers.read_image` / :func:`read_mask` (16-bit, EXIF, DICOM,
-        several masks per image).
-
-        Args:
-            index: Sample index.
-
-        Returns:
-            The item: float image in ``[0, 1]``, mask (segmentation), label and paths.
-        """
-        row = self.samples.iloc[index]
-        image_path, mask_path, label_index = row.image_path, row.mask_path, row.label_index
-        image = read_image(image_path, dicom_window=self.dicom_window)
-
-        gt_mask = None
-        if self.task == TaskType.SEGMENTATION:
-            if label_index == LabelName.NORMAL:
-                gt_mask = Mask(torch.zeros(image.shape[-2:], dtype=torch.uint8))
-            elif label_index == LabelName.ABNORMAL:
-                mask_paths = row.get("mask_paths") or (mask_path,)
-                gt_mask = read_mask(list(mask_paths))
-
-        if self.augmentations:
-            if self.task == TaskType.CLASSIFICATION:
-                image = self.augmentations(image)
-            elif self.task == TaskType.SEGMENTATION:
-                temp_mask = gt_mask if gt_mask is not None else Mask(torch.zeros(image.shape[-2:], dtype=torch.uint8))
-                image, augmented_mask = self.augmentations(image, temp_mask)
-                gt_mask = augmented_mask if gt_mask is not None else None
-
-        gt_label = None if label_index == LabelName.UNKNOWN else torch.tensor(label_index)
-        return ImageItem(
-            image=image,
-            gt_mask=gt_mask,
-            gt_label=gt_label,
-            image_path=image_path,
-            mask_path=mask_path,
+    mask_dirs = _as_paths(mask_dir, root_path)
+    for folder in mask_dirs:
+        if folder.resolve() in image_dirs:
+            if not mask_suffix:
+                reason = "mask folder is also an image folder, so masks need a mask_suffix to be told apart"
+                problems.append(DatasetProblem(str(folder), reason, fatal=True))
+            continue  # masks beside the images were listed with them
+        listing = list_folder(folder, extensions, mask_suffix, masks_only=True, role="mask")
+        problems += listing.problems
+        all_masks += listing.masks
+    if mask_dirs and not all_masks and not any(problem.fatal for problem in problems):
+        problems.append(
+            DatasetProblem(", ".join(map(str, mask_dirs)), "mask folder given but no mask files found", fatal=True)
         )
+
+    resolved_mask_dirs = {folder.resolve() for folder in mask_dirs if folder.resolve() not in image_dirs}
+    masks_of = match_masks(records, sorted(set(all_masks)), mask_suffix, resolved_mask_dirs, problems)
+
+    keys = _unique_keys({image: folder for image, (_, _, folder) in records.items()}, root_path)
+    samples = make_samples(
+        (image, label, split, masks_of.get(image, []), keys[image]) for image, (label, split, _) in records.items()
+    )
+    return samples, problems
+
+
+def _unique_keys(folders: dict[Path, Path], root: Path | None) -> dict[Path, str]:
+    """Key each image by ``<its folder's name>/<path inside it>``: independent of where the data lives.
+
+    Images whose keys collide (equally named folders, e.g. ``train/NORMAL`` and ``test/NORMAL``,
+    holding equally named files) are keyed by their path relative to ``root`` (or the filesystem
+    root) instead.
+    """
+    keys = {image: (Path(folder.name) / image.relative_to(folder)).as_posix() for image, folder in folders.items()}
+    counts: dict[str, int] = {}
+    for key in keys.values():
+        counts[key] = counts.get(key, 0) + 1
+    for image, key in keys.items():
+        if counts[key] > 1:
+            keys[image] = _sample_key(image, root if root is not None else Path(image.anchor))
+    return keys
+
+
+def _sample_key(path: Path, base: Path) -> str:
+    """Location-independent identifier of a file, used to order it for the split."""
+    try:
+        return path.resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return path.name
 
 
 # --------------------------------------------------------------------------------------------------
-# Datamodules
+# Datamodule
 # --------------------------------------------------------------------------------------------------
-class MedicalDataModule(AnomalibDataModule):
-    """Shared machinery of the medical datamodules: list, validate, split, then anomalib's subsets.
-
-    Subclasses implement :meth:`_make_samples` (find the files of their layout); everything else
-    (validation at set-up, the seeded split, anomalib's test/val split modes, dataloaders) is here.
-
-    Args:
-        name: Dataset name (logs, result folders).
-        num_train: Number of normal training images; ``None``: see :func:`assign_split`.
-        num_test_normal: Number of normal test images; ``None``: see :func:`assign_split`.
-        num_test_abnormal: Number of abnormal test images; ``None`` takes all.
-        normal_split_ratio: Fraction of normal images for testing when no count is given.
-        split_seed: Seed of the train/test split (bit-for-bit reproducible, see module docstring).
-        skip_invalid: Leave out invalid files with a warning each instead of failing at set-up.
-        dicom_window: DICOM window ``(center, width)`` or a name from
-            :data:`~anomalib_skipts.data.readers.DICOM_WINDOWS`; ``None`` uses each file's own.
-        train_batch_size: Training batch size.
-        eval_batch_size: Validation/test batch size.
-        num_workers: Dataloader workers.
-        train_augmentations: Augmentations of training images.
-        val_augmentations: Augmentations of validation images.
-        test_augmentations: Augmentations of test images.
-        augmentations: Augmentations used where no stage-specific ones are given.
-        test_split_mode: anomalib's test split mode.
-        test_split_ratio: anomalib's test split ratio (only used when the test set has no normals).
-        val_split_mode: anomalib's validation split mode.
-        val_split_ratio: anomalib's validation split ratio.
-        seed: Seed of anomalib's validation split; ``None`` uses ``split_seed`` so that the
-            validation split is reproducible too.
-        patient_pattern: Regular expression with a group named ``patient``, searched in each file
-            name; when given, the split is by patient (see :func:`add_patients`, :func:`assign_split`).
-    """
-
-    def __init__(
-        self,
-        name: str,
-        num_train: int | None = None,
-        num_test_normal: int | None = None,
-        num_test_abnormal: int | None = None,
-        normal_split_ratio: float = 0.2,
-        split_seed: int = 0,
-        skip_invalid: bool = False,
-        dicom_window: DicomWindow | None = None,
-        train_batch_size: int = 32,
-        eval_batch_size: int = 32,
-        num_workers: int = 8,
-        train_augmentations: Transform | None = None,
-        val_augmentations: Transform | None = None,
-        test_augmentations: Transform | None = None,
-        augmentations: Transform | None = None,
-        test_split_mode: TestSplitMode | str = TestSplitMode.FROM_DIR,
-        test_split_ratio: float = 0.2,
-        val_split_mode: ValSplitMode | str = ValSplitMode.FROM_TEST,
-        val_split_ratio: float = 0.5,
-        seed: int | None = None,
-        patient_pattern: str | None = None,
-    ) -> None:
-        super().__init__(
-            train_batch_size=train_batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            train_augmentations=train_augmentations,
-            val_augmentations=val_augmentations,
-            test_augmentations=test_augmentations,
-            augmentations=augmentations,
-            test_split_mode=TestSplitMode(test_split_mode),
-            test_split_ratio=test_split_ratio,
-            val_split_mode=ValSplitMode(val_split_mode),
-            val_split_ratio=val_split_ratio,
-            seed=split_seed if seed is None else seed,
-        )
-        check_split_arguments(num_train, num_test_normal, num_test_abnormal, normal_split_ratio)
-        self._name = name
-        self.num_train = num_train
-        self.num_test_normal = num_test_normal
-        self.num_test_abnormal = num_test_abnormal
-        self.normal_split_ratio = normal_split_ratio
-        self.split_seed = split_seed
-        self.skip_invalid = skip_invalid
-        self.dicom_window = tuple(dicom_window) if isinstance(dicom_window, list) else dicom_window
-        self.patient_pattern = patient_pattern
-        if patient_pattern is not None:
-            add_patients(DataFrame({"image_path": []}), patient_pattern)  # fail early on a bad pattern
-
-    @property
-    def name(self) -> str:
-        """Name of the datamodule."""
-        return self._name
-
-    def input_settings(self) -> dict[str, Any]:
-        """How this datamodule reads images (reader and DICOM window), as stored in checkpoints."""
-        return describe_inputs(self.dicom_window)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Return the input settings; Lightning stores them in every checkpoint, for prediction and export."""
-        return {**super().state_dict(), INPUT_SETTINGS_KEY: self.input_settings()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Warn when a checkpoint's model was trained on images read with another DICOM window."""
-        from anomalib_skipts.data.predict import same_window  # the predict module builds on this one
-
-        super().load_state_dict(state_dict)
-        trained = (state_dict.get(INPUT_SETTINGS_KEY) or {}).get("dicom_window", self.dicom_window)
-        if not same_window(trained, self.dicom_window):
-            logger.warning(
-                "%s reads DICOM images with the window %r, but the checkpoint's model was trained with %r: its "
-                "scores and threshold may not apply. Pass dicom_window=%r to read as in training.",
-                self.name,
-                self.dicom_window,
-                trained,
-                trained,
-            )
-
-    def setup(self, stage: str | None = None) -> None:
-        """Set up the data; in a trainer, also read and draw test and predict data as in training.
-
-        Adds :class:`~anomalib_skipts.data.predict.MedicalInputs` to the trainer when it is missing (it
-        is registered with Lightning when the package is installed).
-        """
-        from anomalib_skipts.data.predict import MedicalInputs  # the predict module builds on this one
-
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None and not any(isinstance(callback, MedicalInputs) for callback in trainer.callbacks):
-            trainer.callbacks.insert(0, MedicalInputs())  # before the model's pre-processor
-        super().setup(stage)
-
-    @abstractmethod
-    def _make_samples(self) -> tuple[DataFrame, list[DatasetProblem]]:
-        """Find every image (and mask) of the dataset, with the problems met on the way."""
-
-    def _layout_hint(self) -> str:
-        """Help shown with fatal problems (expected layout, where to download)."""
-        return ""
-
-    def prepare_samples(self) -> DataFrame:
-        """List and split the dataset, then validate the chosen files: the samples :meth:`setup` uses.
-
-        Only the files the split chooses are opened and decoded (see :func:`select_samples`).
-
-        Returns:
-            Samples frame with ``split`` set to ``"train"`` or ``"test"``.
-
-        Raises:
-            InvalidDatasetError: If files are invalid (see ``skip_invalid``) or folders missing.
-            SplitError: If the requested counts cannot be satisfied.
-        """
-        samples, problems = self._make_samples()
-        if self.patient_pattern is not None:
-            samples = add_patients(samples, self.patient_pattern, self.name)
-        return select_samples(
-            samples,
-            functools.partial(
-                assign_split,
-                name=self.name,
-                num_train=self.num_train,
-                num_test_normal=self.num_test_normal,
-                num_test_abnormal=self.num_test_abnormal,
-                normal_split_ratio=self.normal_split_ratio,
-                split_seed=self.split_seed,
-            ),
-            self.name,
-            problems,
-            skip_invalid=self.skip_invalid,
-            dicom_window=self.dicom_window,
-            hint=self._layout_hint(),
-        )
-
-    def _setup(self, _stage: str | None = None) -> None:
-        samples = self.prepare_samples()
-        counts = samples.groupby(["split", "label"]).size().to_dict()
-        logger.info(
-            "%s: %d normal training images; test: %d normal, %d abnormal (split_seed=%d).",
-            self.name,
-            counts.get(("train", NORMAL), 0),
-            counts.get(("test", NORMAL), 0),
-            counts.get(("test", ABNORMAL), 0),
-            self.split_seed,
-        )
-        if "patient" in samples:
-            patients = samples[samples["patient"] != ""].groupby("split")["patient"].nunique().to_dict()
-            logger.info(
-                "%s: split by patient: %d patients in training, %d in test, none in both.",
-                self.name,
-                patients.get("train", 0),
-                patients.get("test", 0),
-            )
-        self.train_data = MedicalFolderDataset(
-            samples,
-            name=self.name,
-            split=Split.TRAIN,
-            dicom_window=self.dicom_window,
-        )
-        self.test_data = MedicalFolderDataset(
-            copy.deepcopy(samples),
-            name=self.name,
-            split=Split.TEST,
-            dicom_window=self.dicom_window,
-        )
-
-
 class MedicalFolder(MedicalDataModule):
     """Datamodule for "normal images here, abnormal images there, optional masks there".
 
@@ -403,7 +187,8 @@ class MedicalFolder(MedicalDataModule):
     ``seed``). What it adds: a reproducible split by count (``num_train``, ``num_test_normal``,
     ``num_test_abnormal``) or ratio with ``split_seed``; validation of every file at set-up with
     one error listing all problems (or ``skip_invalid``); masks beside the images; the medical
-    readers (16-bit, EXIF orientation, DICOM with ``dicom_window``).
+    readers (16-bit, EXIF orientation, DICOM with ``dicom_window``); a split by patient with
+    ``patient_pattern``.
 
     Args:
         name: Dataset name (logs, result folders).
@@ -417,28 +202,12 @@ class MedicalFolder(MedicalDataModule):
             mask the task is classification (image metrics only).
         extensions: Accepted extensions, case-insensitive; ``None`` accepts every supported format.
         mask_suffix: Stem suffix of mask files (``x_mask.png``, ``x_mask_1.png``); ``None`` disables it.
-        num_train: Number of normal training images.
-        num_test_normal: Number of normal test images.
-        num_test_abnormal: Number of abnormal test images (a seeded subset); ``None`` takes all.
-        normal_split_ratio: Fraction of normal images for testing when no count is given.
-        split_seed: Seed of the train/test split.
-        skip_invalid: Leave out invalid files (one warning each) instead of failing at set-up.
-        dicom_window: DICOM window ``(center, width)`` or name; ``None`` uses each file's own.
-        train_batch_size: Training batch size.
-        eval_batch_size: Validation/test batch size.
-        num_workers: Dataloader workers.
-        train_augmentations: Augmentations of training images.
-        val_augmentations: Augmentations of validation images.
-        test_augmentations: Augmentations of test images.
-        augmentations: Augmentations used where no stage-specific ones are given.
-        test_split_mode: anomalib's test split mode (default ``from_dir``, as Folder).
-        test_split_ratio: anomalib's test split ratio.
-        val_split_mode: anomalib's validation split mode (default ``from_test``, as Folder).
-        val_split_ratio: anomalib's validation split ratio.
-        seed: Seed of anomalib's validation split; ``None`` uses ``split_seed``.
-        patient_pattern: Regular expression with a group named ``patient``, searched in each file
-            name (e.g. ``"^[A-Z]+-(?P<patient>[0-9]+)-"`` for ``NORMAL-1001666-1.jpeg``): the split
-            is then by patient, no patient on both sides. ``None`` splits image by image.
+        **kwargs: The split, seeds, validation and anomalib arguments of
+            :class:`~anomalib_skipts.data.base.MedicalDataModule` (``num_train``,
+            ``num_test_normal``, ``num_test_abnormal``, ``normal_split_ratio``, ``split_seed``,
+            ``skip_invalid``, ``dicom_window``, batch sizes, workers, augmentations, split modes,
+            ``seed``, ``patient_pattern``, e.g. ``"^[A-Z]+-(?P<patient>[0-9]+)-"`` for
+            ``NORMAL-1001666-1.jpeg``).
 
     Example:
         >>> datamodule = MedicalFolder(
@@ -461,50 +230,9 @@ class MedicalFolder(MedicalDataModule):
         mask_dir: str | Path | Sequence[str | Path] | None = None,
         extensions: Sequence[str] | None = None,
         mask_suffix: str | None = DEFAULT_MASK_SUFFIX,
-        num_train: int | None = None,
-        num_test_normal: int | None = None,
-        num_test_abnormal: int | None = None,
-        normal_split_ratio: float = 0.2,
-        split_seed: int = 0,
-        skip_invalid: bool = False,
-        dicom_window: DicomWindow | None = None,
-        train_batch_size: int = 32,
-        eval_batch_size: int = 32,
-        num_workers: int = 8,
-        train_augmentations: Transform | None = None,
-        val_augmentations: Transform | None = None,
-        test_augmentations: Transform | None = None,
-        augmentations: Transform | None = None,
-        test_split_mode: TestSplitMode | str = TestSplitMode.FROM_DIR,
-        test_split_ratio: float = 0.2,
-        val_split_mode: ValSplitMode | str = ValSplitMode.FROM_TEST,
-        val_split_ratio: float = 0.5,
-        seed: int | None = None,
-        patient_pattern: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            name=name,
-            num_train=num_train,
-            num_test_normal=num_test_normal,
-            num_test_abnormal=num_test_abnormal,
-            normal_split_ratio=normal_split_ratio,
-            split_seed=split_seed,
-            skip_invalid=skip_invalid,
-            dicom_window=dicom_window,
-            train_batch_size=train_batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            train_augmentations=train_augmentations,
-            val_augmentations=val_augmentations,
-            test_augmentations=test_augmentations,
-            augmentations=augmentations,
-            test_split_mode=test_split_mode,
-            test_split_ratio=test_split_ratio,
-            val_split_mode=val_split_mode,
-            val_split_ratio=val_split_ratio,
-            seed=seed,
-            patient_pattern=patient_pattern,
-        )
+        super().__init__(name=name, **kwargs)
         self.root = root
         self.normal_dir = normal_dir
         self.abnormal_dir = abnormal_dir

@@ -41,16 +41,17 @@ import json
 import math
 import os
 import shutil
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from anomalib.data import Folder
-from anomalib.data.utils import TestSplitMode, ValSplitMode
 from PIL import Image
 from scipy.ndimage import gaussian_filter
-from torchvision.transforms.v2 import Transform
+
+from anomalib_skipts.data.medical_folder import MedicalFolder
 
 __all__ = [
     "FORMAT_VERSION",
@@ -604,10 +605,10 @@ def generate_head_phantom(
 # --------------------------------------------------------------------------------------------------
 
 
-class HeadPhantom(Folder):
+class HeadPhantom(MedicalFolder):
     """anomalib datamodule of the synthetic head-phantom dataset, generated on first use.
 
-    A :class:`~anomalib.data.Folder` datamodule preset to the layout written by
+    A :class:`~anomalib_skipts.data.MedicalFolder` preset to the layout written by
     :func:`generate_head_phantom`. :meth:`prepare_data` (called by Lightning, hence by the anomalib
     ``Engine`` and CLI) generates the data under ``root`` if it is missing; setting up without
     ``prepare_data`` generates it too.
@@ -624,23 +625,18 @@ class HeadPhantom(Folder):
         num_test_abnormal: Number of abnormal test images (with masks) to generate.
         image_size: Side of the generated square images in pixels (>= 32). The model's pre-processor
             resizes them to its input size.
-        seed: Seed of the data generation; also the seed of the validation/test splits unless
-            ``split_seed`` is given.
+        phantom_seed: Seed of the data generation (``None``: 0).
         overwrite: Regenerate if ``root`` holds a phantom dataset with different parameters.
-        normal_split_ratio: See :class:`~anomalib.data.Folder`.
-        extensions: See :class:`~anomalib.data.Folder`.
+        split_seed: Seed of the subsets of the generated split; also anomalib's ``seed`` when that
+            is not given. ``None`` uses ``phantom_seed``.
+        seed: Seed of anomalib's validation split (half of the test images by default); ``None``
+            uses ``split_seed``. Formerly the seed of the data generation: given without
+            ``phantom_seed``, it still seeds the generation, with a ``FutureWarning``.
         train_batch_size: Training batch size.
         eval_batch_size: Validation/test batch size.
         num_workers: Number of data-loading workers.
-        train_augmentations: Augmentations of the training images.
-        val_augmentations: Augmentations of the validation images.
-        test_augmentations: Augmentations of the test images.
-        augmentations: Augmentations used where no stage-specific one is given.
-        test_split_mode: How the test set is obtained (default: from the folders).
-        test_split_ratio: Fraction of training images used for testing, if sampled from train.
-        val_split_mode: How the validation set is obtained (default: half of the test set).
-        val_split_ratio: Fraction of images used for validation.
-        split_seed: Seed of the random splits; ``None`` means ``seed``.
+        **kwargs: The other arguments of :class:`~anomalib_skipts.data.MedicalFolder` (``extensions``,
+            augmentations, test/validation split modes and ratios...).
 
     Example:
         >>> from anomalib_skipts.data import HeadPhantom
@@ -662,24 +658,25 @@ class HeadPhantom(Folder):
         num_test_normal: int = 20,
         num_test_abnormal: int = 20,
         image_size: int = 128,
-        seed: int = 0,
+        phantom_seed: int | None = None,
         overwrite: bool = False,
-        normal_split_ratio: float = 0.2,
-        extensions: tuple[str, ...] | None = None,
+        split_seed: int | None = None,
+        seed: int | None = None,
         train_batch_size: int = 16,
         eval_batch_size: int = 16,
         num_workers: int = 0,
-        train_augmentations: Transform | None = None,
-        val_augmentations: Transform | None = None,
-        test_augmentations: Transform | None = None,
-        augmentations: Transform | None = None,
-        test_split_mode: TestSplitMode | str = TestSplitMode.FROM_DIR,
-        test_split_ratio: float = 0.2,
-        val_split_mode: ValSplitMode | str = ValSplitMode.FROM_TEST,
-        val_split_ratio: float = 0.5,
-        split_seed: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        _check_params(num_train, num_test_normal, num_test_abnormal, image_size, seed)
+        if phantom_seed is None and seed is not None:
+            warnings.warn(
+                "HeadPhantom(seed=...) as the seed of the data generation is deprecated: pass phantom_seed; "
+                "seed is anomalib's validation-split seed, as in every other datamodule.",
+                FutureWarning,
+                stacklevel=2,
+            )
+            phantom_seed, seed = seed, None
+        phantom_seed = 0 if phantom_seed is None else phantom_seed
+        _check_params(num_train, num_test_normal, num_test_abnormal, image_size, phantom_seed)
         super().__init__(
             name=name,
             normal_dir=normal_dir,
@@ -687,26 +684,20 @@ class HeadPhantom(Folder):
             abnormal_dir=abnormal_dir,
             normal_test_dir=normal_test_dir,
             mask_dir=mask_dir,
-            normal_split_ratio=normal_split_ratio,
-            extensions=extensions,
+            mask_suffix=MASK_SUFFIX,
+            num_train=num_train,
+            num_test_normal=num_test_normal,
+            num_test_abnormal=num_test_abnormal,
+            split_seed=phantom_seed if split_seed is None else split_seed,
+            seed=seed,
             train_batch_size=train_batch_size,
             eval_batch_size=eval_batch_size,
             num_workers=num_workers,
-            train_augmentations=train_augmentations,
-            val_augmentations=val_augmentations,
-            test_augmentations=test_augmentations,
-            augmentations=augmentations,
-            test_split_mode=test_split_mode,
-            test_split_ratio=test_split_ratio,
-            val_split_mode=val_split_mode,
-            val_split_ratio=val_split_ratio,
-            seed=seed if split_seed is None else split_seed,
+            **kwargs,
         )
-        self.num_train = num_train
-        self.num_test_normal = num_test_normal
-        self.num_test_abnormal = num_test_abnormal
+        self.root = Path(root)
         self.image_size = image_size
-        self.phantom_seed = seed
+        self.phantom_seed = phantom_seed
         self.overwrite = overwrite
 
     def prepare_data(self) -> None:

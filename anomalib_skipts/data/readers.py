@@ -15,8 +15,8 @@ anomalib's pre-processing, collation and metrics work unchanged, and they handle
 - EXIF orientation (and the TIFF orientation tag), applied before anything else;
 - DICOM slices (``.dcm``/``.dicom``, or any file with the ``DICM`` signature) through ``pydicom``
   (the ``dicom`` extra): modality LUT (rescale slope / intercept, e.g. to Hounsfield units), then
-  a VOI window (``WindowCenter``/``WindowWidth`` from the file unless one is given; pydicom's
-  ``apply_windowing``), then
+  the VOI transform (the file's VOI LUT or ``WindowCenter``/``WindowWidth`` unless a window is given,
+  applied by pydicom's ``apply_voi_lut`` on the file's own dataset), then
   ``MONOCHROME1`` inversion, so that a CT slice looks the way a radiologist's viewer shows it.
 
 Any failure (empty, truncated or corrupt file, unknown format, undecodable DICOM) raises
@@ -34,12 +34,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.tv_tensors import Image as ImageTensor
 from torchvision.tv_tensors import Mask
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 __all__ = [
     "DICOM_EXTENSIONS",
@@ -511,7 +515,7 @@ def _read_dicom(path: Path, window: DicomWindow | None) -> np.ndarray:
 
     forced = False
     try:
-        dataset = pydicom.dcmread(path)
+        dataset: Dataset = pydicom.dcmread(path)
     except InvalidDicomError:
         forced = True  # files written without the 128-byte preamble are still common
         try:
@@ -550,18 +554,53 @@ def _read_dicom(path: Path, window: DicomWindow | None) -> np.ndarray:
         bits = int(dataset.get("BitsStored", 8) or 8)
         return pixels.astype(np.float32) / float(2**bits - 1)
 
-    values = np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float64)
-    if resolved is None:
-        center = _first_value(dataset.get("WindowCenter"))
-        width = _first_value(dataset.get("WindowWidth"))
-        resolved = (center, width) if center is not None and width is not None and width > 0 else None
-    if resolved is None:
-        result = _min_max(values)
-    else:
-        function = str(dataset.get("VOILUTFunction", "LINEAR") or "LINEAR") if window is None else "LINEAR"
-        if function.upper() == "LINEAR" and resolved[1] < 1:
-            function = "LINEAR_EXACT"
-        result = apply_dicom_window(values, resolved[0], resolved[1], function=function)
+    values = apply_modality_lut(pixels, dataset)
+    if resolved is not None:  # the given window replaces the file's own VOI LUT
+        _set_window(dataset, resolved[0], resolved[1])
+    result = _apply_voi(values, dataset)
     if photometric == "MONOCHROME1":
         result = 1.0 - result
     return result.astype(np.float32)
+
+
+def _set_window(dataset: Dataset, center: float, width: float, function: str = "LINEAR") -> None:
+    """Make ``(center, width)`` the dataset's VOI window (its VOI LUT sequence no longer applies)."""
+    if "VOILUTSequence" in dataset:
+        del dataset.VOILUTSequence
+    dataset.WindowCenter = float(center)
+    dataset.WindowWidth = float(width)
+    # A LINEAR window narrower than one unit is a threshold, which only LINEAR_EXACT expresses.
+    dataset.VOILUTFunction = "LINEAR_EXACT" if function == "LINEAR" and width < 1 else function
+
+
+def _apply_voi(values: np.ndarray, dataset: Dataset) -> np.ndarray:
+    """Apply the dataset's VOI transform with pydicom's ``apply_voi_lut``, scaled to ``[0, 1]``.
+
+    The VOI LUT sequence or the window (``WindowCenter`` / ``WindowWidth`` / ``VOILUTFunction``)
+    of the dataset maps modality values to display values; these are scaled by the transform's
+    own output range (a LUT's bit depth, a window's output range). Without a valid VOI transform
+    (none, or a window of width <= 0) the values are scaled by their own minimum and maximum.
+    """
+    try:
+        from pydicom.pixels import apply_voi_lut  # pydicom >= 3
+    except ImportError:  # pragma: no cover - pydicom 2.x
+        from pydicom.pixel_data_handlers.util import apply_voi_lut
+
+    lut = dataset.get("VOILUTSequence")
+    if lut and lut[0].get("LUTDescriptor") is not None and lut[0].get("LUTData") is not None:
+        bits = int(lut[0].LUTDescriptor[2])
+        return apply_voi_lut(np.asarray(values), dataset).astype(np.float64) / float(2**bits - 1)
+    center = _first_value(dataset.get("WindowCenter"))
+    width = _first_value(dataset.get("WindowWidth"))
+    if center is None or width is None or width <= 0:
+        return _min_max(np.asarray(values, dtype=np.float64))
+    function = str(dataset.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    _set_window(dataset, center, width, function)
+    try:
+        windowed = apply_voi_lut(np.asarray(values, dtype=np.float64), dataset, prefer_lut=False)
+        with np.errstate(over="ignore"):
+            low, high = apply_voi_lut(np.array([-np.inf, np.inf]), dataset, prefer_lut=False)
+    except ValueError as error:
+        msg = f"Invalid DICOM window (center {center}, width {width}, {function}): {error}"
+        raise ValueError(msg) from error
+    return np.clip((windowed - low) / (high - low), 0.0, 1.0)

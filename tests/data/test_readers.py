@@ -211,6 +211,21 @@ def test_written_ct_slice_in_hounsfield_units(files):
     np.testing.assert_allclose(named[0].numpy(), np.clip((hounsfield - center + 0.5) / (width - 1) + 0.5, 0, 1))
 
 
+def test_dicom_voi_lut_sequence_is_applied(files):
+    # A VOI LUT (PS3.3 C.11.2.1.1) maps stored values 0..3 to 8-bit display values; a given window replaces it.
+    path = files.dicom("lut.dcm", np.array([[0, 1], [2, 3]], dtype=np.int16))
+    pydicom = _pydicom()
+    dataset = pydicom.dcmread(path)
+    item = pydicom.Dataset()
+    item.add_new("LUTDescriptor", "US", [4, 0, 8])
+    item.add_new("LUTData", "US", [0, 50, 200, 255])
+    dataset.VOILUTSequence = pydicom.Sequence([item])
+    dataset.save_as(path)
+    np.testing.assert_allclose(read_image(path)[0].numpy(), [[0, 50 / 255], [200 / 255, 1]], atol=1e-6)
+    windowed = read_image(path, dicom_window=(1.5, 3.0))
+    np.testing.assert_allclose(windowed[0].numpy(), np.clip((np.array([[0, 1], [2, 3]]) - 1.0) / 2 + 0.5, 0, 1))
+
+
 def test_monochrome1_is_inverted(files):
     stored = np.array([[0, 100], [200, 300]], dtype=np.int16)
     normal = read_image(files.dicom("m2.dcm", stored, window=(150.0, 301.0)))

@@ -1,15 +1,14 @@
-"""The Skip-TS benchmark datasets (Table I): raw public layouts, split counts and datamodules.
+"""The Skip-TS benchmark datasets (the journal paper's Table I): raw public layouts and datamodules.
 
-:data:`DATASETS` describes the twelve public datasets of the journal paper's Table I: name,
-modality, where to download, the layout of the raw download, the Table I split counts (normal
-training images, normal and abnormal test images), the conference paper's counts where it has
-them, and a loader that turns the raw layout into a samples frame, or ``None`` where the raw layout
-is not unambiguous from the public description (the entry's ``notes`` say why).
-
-Every dataset with a loader has a datamodule (:class:`HeadCT`, :class:`BrainMRI`, :class:`BUSI`,
-:class:`RetinalOCT`, :class:`CPChildA`, :class:`CPChildB`, :class:`IQOTHNCCD`,
-:class:`MalariaCell`), all thin subclasses of :class:`BenchmarkDataModule`, which shares the
-validation and seeded split machinery of :class:`~anomalib_skipts.data.medical_folder.MedicalFolder`.
+The facts of the twelve datasets (name, modality, where to download, the raw layout, the Table I
+split counts, the conference paper's counts where it has them, how file names tell the patient)
+are data: ``table1.yaml`` beside this module, read into :data:`DATASETS`. This module holds what is
+code: a loader per raw layout (the download -> a samples frame), :class:`BenchmarkDataModule` (the
+paper's split as defaults over the :class:`~anomalib_skipts.data.base.MedicalDataModule` base) and
+one datamodule per dataset that has a loader (:class:`HeadCT`, :class:`BrainMRI`, :class:`BUSI`,
+:class:`RetinalOCT`, :class:`CPChildA`, :class:`CPChildB`, :class:`IQOTHNCCD`, :class:`MalariaCell`).
+Datasets without a loader say why in their ``notes`` and are read with
+:class:`~anomalib_skipts.data.MedicalFolder`.
 
 Example:
     >>> from anomalib_skipts.data import DATASETS, HeadCT
@@ -28,20 +27,21 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from anomalib.data.utils import LabelName, TestSplitMode, ValSplitMode
+import yaml
+from anomalib.data.utils import LabelName, ValSplitMode
 from pandas import DataFrame
-from torchvision.transforms.v2 import Transform
 
-from anomalib_skipts.data.listing import list_folder, make_medical_folder_samples, make_samples
-from anomalib_skipts.data.medical_folder import MedicalDataModule
+from anomalib_skipts.data.base import MedicalDataModule
+from anomalib_skipts.data.listing import child_folder, list_folder, make_samples, normalise_name
+from anomalib_skipts.data.medical_folder import make_medical_folder_samples
 from anomalib_skipts.data.problems import DatasetProblem
-from anomalib_skipts.data.readers import DicomWindow
 
 __all__ = [
     "DATAMODULES",
@@ -57,8 +57,8 @@ __all__ = [
     "MalariaCell",
     "RetinalOCT",
     "SplitCounts",
+    "get_benchmark_datamodule",
     "get_dataset",
-    "get_datamodule",
     "load_brainmri",
     "load_busi",
     "load_cp_child_a",
@@ -75,6 +75,8 @@ logger = logging.getLogger(__name__)
 Loader = Callable[[Path], tuple[DataFrame, list[DatasetProblem]]]
 
 SPLITS = ("journal", "conference")
+#: The facts table, shipped with the package.
+FACTS_FILE = "table1.yaml"
 
 
 @dataclass(frozen=True)
@@ -165,34 +167,20 @@ class BenchmarkDataset:
 # --------------------------------------------------------------------------------------------------
 # Loaders
 # --------------------------------------------------------------------------------------------------
-def _normalise_name(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
-def _child(root: Path, name: str) -> Path | None:
-    """Child folder of ``root`` whose normalised name is ``name`` (case, spaces, dashes ignored)."""
-    if not root.is_dir():
-        return None
-    for path in sorted(root.iterdir()):
-        if path.is_dir() and _normalise_name(path.name) == _normalise_name(name):
-            return path
-    return None
-
-
 def _dataset_base(root: Path, wrappers: Sequence[str], marker: str) -> Path:
     """Return ``root``, or the wrapper folder inside it that holds ``marker`` (a nested download)."""
-    if _child(root, marker) is not None:
+    if child_folder(root, marker) is not None:
         return root
     for wrapper in wrappers:
-        nested = _child(root, wrapper)
-        if nested is not None and _child(nested, marker) is not None:
+        nested = child_folder(root, wrapper)
+        if nested is not None and child_folder(nested, marker) is not None:
             return nested
     return root
 
 
 def _find_dirs(root: Path, names: Iterable[str], max_depth: int = 4) -> list[Path]:
     """Folders under ``root`` (``root`` included) whose normalised name is one of ``names``."""
-    wanted = {_normalise_name(name) for name in names}
+    wanted = {normalise_name(name) for name in names}
     found = []
     root = root.absolute()
     for current, dirs, _ in os.walk(root):
@@ -201,7 +189,7 @@ def _find_dirs(root: Path, names: Iterable[str], max_depth: int = 4) -> list[Pat
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         if depth >= max_depth:
             dirs[:] = []
-        if _normalise_name(current_path.name) in wanted:
+        if normalise_name(current_path.name) in wanted:
             found.append(current_path)
             dirs[:] = []  # a class folder's sub-folders belong to it
     return sorted(found)
@@ -225,7 +213,7 @@ def load_headct(root: Path) -> tuple[DataFrame, list[DatasetProblem]]:
     root = Path(root).absolute()
     problems: list[DatasetProblem] = []
     image_dir = root / "head_ct"
-    nested = _child(image_dir, "head_ct")
+    nested = child_folder(image_dir, "head_ct")
     if nested is not None and not any(path.is_file() for path in image_dir.iterdir()):
         image_dir = nested
     listing = list_folder(image_dir, mask_suffix=None, recursive=False, role="HeadCT image")
@@ -343,7 +331,7 @@ def _class_folder_loader(
     def load(root: Path) -> tuple[DataFrame, list[DatasetProblem]]:
         base = Path(root).absolute()
         if subset is not None:
-            base = _child(base, subset) or base
+            base = child_folder(base, subset) or base
         normal_dirs = _find_dirs(base, normal)
         abnormal_dirs = _find_dirs(base, abnormal)
         if shallowest_only:
@@ -392,220 +380,47 @@ load_malaria_cell = _class_folder_loader(normal=["Uninfected"], abnormal=["Paras
 load_malaria_cell.__doc__ = "Malaria-Cell: ``cell_images/{Uninfected,Parasitized}/`` (nested copy ignored)."
 
 
-# --------------------------------------------------------------------------------------------------
-# Registry
-# --------------------------------------------------------------------------------------------------
-DATASETS: dict[str, BenchmarkDataset] = {
-    info.key: info
-    for info in (
-        BenchmarkDataset(
-            key="headct",
-            id=1,
-            name="HeadCT",
-            modality="CT",
-            disease="brain hemorrhage",
-            url="https://www.kaggle.com/datasets/felipekitamura/head-ct-hemorrhage",
-            reference="Kitamura, Head CT - hemorrhage (Kaggle); paper ref. [40] (Togacar et al., UBMYK 2019)",
-            layout=(
-                "head_ct/000.png ... head_ct/199.png (200 axial slices, RGB and RGBA PNG; the Kaggle archive "
-                "may nest them as head_ct/head_ct/)\n"
-                "labels.csv: header 'id, hemorrhage'; id = the number in the file name, hemorrhage 1 (100 slices) "
-                "or 0 (100 slices)"
-            ),
-            journal=SplitCounts(60, 40, 100),
-            conference=SplitCounts(90, 10, 100),
-            loader=load_headct,
-        ),
-        BenchmarkDataset(
-            key="brainmri",
-            id=2,
-            name="BrainMRI",
-            modality="MRI",
-            disease="brain tumor",
-            url="https://www.kaggle.com/datasets/navoneel/brain-mri-images-for-brain-tumor-detection",
-            reference="Chakrabarty, Brain MRI Images for Brain Tumor Detection (Kaggle); paper ref. [41]",
-            layout=(
-                "no/ (98 tumour-free slices), yes/ (155 tumour slices); inconsistent names ('1 no.jpeg', "
-                "'N1.JPG', 'no 9.png', 'Y1.jpg'), JPEG and PNG, RGB/grayscale/RGBA/palette; the archive also "
-                "holds a copy under brain_tumor_dataset/{no,yes}/"
-            ),
-            journal=SplitCounts(58, 40, 154),
-            conference=SplitCounts(88, 10, 154),
-            loader=load_brainmri,
-            notes="Table I uses 154 of the 155 tumour images: a subset seeded by split_seed.",
-        ),
-        BenchmarkDataset(
-            key="lungct",
-            id=3,
-            name="LungCT",
-            modality="CT",
-            disease="Covid-19",
-            url="https://www.kaggle.com/datasets/gauravduttakiit/covid19-detection",
-            reference="Dutta, COVID-19 Detection (Kaggle); paper ref. [42]",
-            layout="Kaggle 'COVID-19 Detection' CT slices, one folder per class (Covid-19 vs. non-Covid).",
-            journal=SplitCounts(432, 145, 811),
-            conference=SplitCounts(432, 145, 811),
-            notes=(
-                "No loader: the public description does not give the folder names or which classes the 577 "
-                "normal and 811 abnormal images come from. Use MedicalFolder with normal_dir / abnormal_dir "
-                "and num_train=432, num_test_normal=145, num_test_abnormal=811."
-            ),
-        ),
-        BenchmarkDataset(
-            key="busi",
-            id=4,
-            name="BUSI",
-            modality="Ultrasound",
-            disease="breast cancer",
-            url="https://scholar.cu.edu.eg/?q=afahmy/pages/dataset",
-            reference="Al-Dhabyani et al., Dataset of breast ultrasound images, Data in Brief 28, 2020; ref. [43]",
-            layout=(
-                "Dataset_BUSI_with_GT/{normal,benign,malignant}/: '<class> (<n>).png' images (133 normal, "
-                "437 benign, 210 malignant) with '<class> (<n>)_mask.png' beside each (and '_mask_1.png', "
-                "'_mask_2.png' for images with several lesions)"
-            ),
-            journal=SplitCounts(99, 34, 647),
-            conference=SplitCounts(99, 34, 647),
-            loader=load_busi,
-            notes=(
-                "Abnormal = benign + malignant. Masks give pixel metrics (several masks of one image are "
-                "OR-ed); masks of normal images are ignored; without mask files, image metrics only."
-            ),
-        ),
-        BenchmarkDataset(
-            key="breastmri",
-            id=5,
-            name="BreastMRI",
-            modality="MRI",
-            disease="breast cancer",
-            url="https://www.kaggle.com/datasets/uzairkhan45/breast-cancer-patients-mris",
-            reference="Uzair, Breast Cancer Patients MRI's (Kaggle); paper ref. [44]",
-            layout="Kaggle 'Breast Cancer Patients MRI's': MRI slices in healthy / sick class folders.",
-            journal=SplitCounts(525, 175, 700),
-            notes=(
-                "No loader: the folder names and the train/validation sub-folders of the download are not "
-                "documented precisely enough to map them to Table I's 700 normal and 700 abnormal images. "
-                "Use MedicalFolder with num_train=525, num_test_normal=175, num_test_abnormal=700."
-            ),
-        ),
-        BenchmarkDataset(
-            key="retinal_oct",
-            id=6,
-            name="Retinal OCT",
-            modality="OCT",
-            disease="diabetic macular edema (DME)",
-            url="https://data.mendeley.com/datasets/rscbjbr9sj",
-            reference="Kermany et al., Cell 172(5), 2018; paper ref. [45]",
-            layout=(
-                "OCT2017/{train,test}/{CNV,DME,DRUSEN,NORMAL}/*.jpeg (the Kaggle copy adds val/; the Mendeley "
-                "archive nests it as CellData/OCT/); normal = NORMAL, abnormal = DME, CNV and DRUSEN unused"
-            ),
-            journal=SplitCounts(542, 50, 735),
-            loader=load_retinal_oct,
-            notes=(
-                "Every NORMAL and DME folder is pooled; Table I's counts are seeded subsets of the pool, split by "
-                "patient (the file names are <CLASS>-<patient>-<n>.jpeg): no patient has images on both sides."
-            ),
-            patient_pattern=r"^(?:CNV|DME|DRUSEN|NORMAL)-(?P<patient>\d+)-",
-        ),
-        BenchmarkDataset(
-            key="cp_child_a",
-            id=7,
-            name="CP-CHILD-A",
-            modality="Colonoscopy",
-            disease="colonic polyps",
-            url="https://figshare.com/articles/dataset/CP-CHILD_zip/12554042",
-            reference="Wang and Jing, CP-CHILD.zip, figshare, 2020; paper ref. [46]",
-            layout=(
-                "CP-CHILD-A/{Train,Test}/{Non-Polyp,Polyp}/*.jpg (7000 non-polyp, 1000 polyp images, 256x256); "
-                "root may be CP-CHILD-A/ or the folder that holds it"
-            ),
-            journal=SplitCounts(800, 800, 800),
-            loader=load_cp_child_a,
-            notes="Train and Test folders are pooled; Table I's counts are seeded subsets.",
-        ),
-        BenchmarkDataset(
-            key="cp_child_b",
-            id=8,
-            name="CP-CHILD-B",
-            modality="Colonoscopy",
-            disease="colonic polyps",
-            url="https://figshare.com/articles/dataset/CP-CHILD_zip/12554042",
-            reference="Wang and Jing, CP-CHILD.zip, figshare, 2020; paper ref. [46]",
-            layout=(
-                "CP-CHILD-B/{Train,Test}/{Non-Polyp,Polyp}/*.jpg (1100 non-polyp, 400 polyp images, 256x256); "
-                "root may be CP-CHILD-B/ or the folder that holds it"
-            ),
-            journal=SplitCounts(800, 300, 300),
-            loader=load_cp_child_b,
-            notes="Train and Test folders are pooled; Table I's counts are seeded subsets.",
-        ),
-        BenchmarkDataset(
-            key="nafld",
-            id=9,
-            name="NAFLD",
-            modality="Whole-slide imaging",
-            disease="non-alcoholic fatty liver disease",
-            url="https://arxiv.org/abs/2210.07675",
-            reference="Zingman et al., arXiv:2210.07675, 2022; paper ref. [47]",
-            layout="Histology tiles of rodent liver whole-slide images (see the paper's data availability).",
-            journal=SplitCounts(525, 1645, 2150),
-            notes=(
-                "No loader: the tiles and their normal / altered labels are distributed by the authors in a "
-                "layout the public description does not fix. Use MedicalFolder with num_train=525, "
-                "num_test_normal=1645, num_test_abnormal=2150."
-            ),
-        ),
-        BenchmarkDataset(
-            key="iq_oth_nccd",
-            id=10,
-            name="IQ-OTH/NCCD",
-            modality="CT",
-            disease="lung cancer",
-            url="https://data.mendeley.com/datasets/bhmdr45bh2/1",
-            reference="Alyasriy, The IQ-OTH/NCCD lung cancer dataset, Mendeley Data, 2020; paper ref. [48]",
-            layout=(
-                "The IQ-OTHNCCD lung cancer dataset/{Normal cases,Bengin cases,Malignant cases}/*.jpg "
-                "(416 normal, 120 benign, 561 malignant; 'Bengin' is the download's spelling)"
-            ),
-            journal=SplitCounts(277, 139, 681),
-            loader=load_iq_oth_nccd,
-            notes="Abnormal = benign + malignant.",
-        ),
-        BenchmarkDataset(
-            key="covid_xray",
-            id=11,
-            name="Covid-Xray",
-            modality="X-ray",
-            disease="Covid-19",
-            url="https://github.com/ieee8023/covid-chestxray-dataset",
-            reference="Cohen et al., COVID-19 image data collection, arXiv:2003.11597; paper ref. [49]",
-            layout="images/ and metadata.csv (one row per image: filename, finding, modality, view, ...).",
-            journal=SplitCounts(70, 20, 132),
-            notes=(
-                "No loader: the collection is labelled by metadata.csv findings, and which rows (views, "
-                "modalities, 'No Finding' cases) make Table I's 90 normal and 132 Covid-19 images is not "
-                "stated. Use MedicalFolder with num_train=70, num_test_normal=20, num_test_abnormal=132."
-            ),
-        ),
-        BenchmarkDataset(
-            key="malaria_cell",
-            id=12,
-            name="Malaria-Cell",
-            modality="Microscopy",
-            disease="malaria",
-            url="https://www.kaggle.com/datasets/iarunava/cell-images-for-detecting-malaria",
-            reference="Rajaraman et al. / NIH, Malaria Cell Images (Kaggle); paper ref. [50]",
-            layout=(
-                "cell_images/{Uninfected,Parasitized}/*.png (13,779 each, plus a Thumbs.db in each folder); the "
-                "archive repeats the tree as cell_images/cell_images/, which is ignored"
-            ),
-            journal=SplitCounts(344, 345, 330),
-            loader=load_malaria_cell,
-            notes="Thumbs.db files are ignored (and logged); Table I's counts are seeded subsets.",
-        ),
-    )
+#: The loader of each dataset with an unambiguous raw layout, by registry key.
+LOADERS: dict[str, Loader] = {
+    "headct": load_headct,
+    "brainmri": load_brainmri,
+    "busi": load_busi,
+    "retinal_oct": load_retinal_oct,
+    "cp_child_a": load_cp_child_a,
+    "cp_child_b": load_cp_child_b,
+    "iq_oth_nccd": load_iq_oth_nccd,
+    "malaria_cell": load_malaria_cell,
 }
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry: the facts table
+# --------------------------------------------------------------------------------------------------
+def _counts(values: Sequence[int] | None) -> SplitCounts | None:
+    return SplitCounts(*values) if values is not None else None
+
+
+def load_facts(text: str | None = None) -> dict[str, BenchmarkDataset]:
+    """Read the facts table (``table1.yaml``) into :class:`BenchmarkDataset` entries.
+
+    Args:
+        text: YAML text of the table; ``None`` reads the one shipped with the package.
+
+    Returns:
+        The entries by registry key, in Table I order, each with its loader where there is one.
+    """
+    if text is None:
+        text = resources.files(__package__).joinpath(FACTS_FILE).read_text(encoding="utf-8")
+    entries = {}
+    for entry in yaml.safe_load(text):
+        fields = dict(entry)
+        fields["journal"] = _counts(fields["journal"])
+        fields["conference"] = _counts(fields.get("conference"))
+        entries[fields["key"]] = BenchmarkDataset(**fields, loader=LOADERS.get(fields["key"]))
+    return entries
+
+
+DATASETS: dict[str, BenchmarkDataset] = load_facts()
 
 
 def get_dataset(dataset: str | int) -> BenchmarkDataset:
@@ -624,7 +439,7 @@ def get_dataset(dataset: str | int) -> BenchmarkDataset:
         if isinstance(dataset, int) and not isinstance(dataset, bool):
             if info.id == dataset:
                 return info
-        elif _normalise_name(str(dataset)) in {_normalise_name(info.key), _normalise_name(info.name), str(info.id)}:
+        elif normalise_name(str(dataset)) in {normalise_name(info.key), normalise_name(info.name), str(info.id)}:
             return info
     msg = f"Unknown benchmark dataset {dataset!r}; known: {', '.join(info.name for info in DATASETS.values())}."
     raise KeyError(msg)
@@ -640,7 +455,8 @@ class BenchmarkDataModule(MedicalDataModule):
     (``split="journal"``: Table I; ``split="conference"``: the ISCAS 2023 paper) unless overridden.
     The validation split mode defaults to ``same_as_test``: the paper evaluates on the test set and
     has no validation set, and anomalib's Folder default (half of the test set) would change
-    Table I's test counts.
+    Table I's test counts. Where the file names tell the patient (the entry's ``patient_pattern``),
+    the split is by patient.
 
     Args:
         root: Folder of the unpacked download; ``None`` means ``./datasets/<key>``.
@@ -648,21 +464,10 @@ class BenchmarkDataModule(MedicalDataModule):
         num_train: Override the number of normal training images.
         num_test_normal: Override the number of normal test images.
         num_test_abnormal: Override the number of abnormal test images.
-        split_seed: Seed of the train/test split (bit-for-bit reproducible).
-        skip_invalid: Leave out invalid files (one warning each) instead of failing at set-up.
-        dicom_window: DICOM window ``(center, width)`` or name; ``None`` uses each file's own.
-        train_batch_size: Training batch size.
-        eval_batch_size: Validation/test batch size.
-        num_workers: Dataloader workers.
-        train_augmentations: Augmentations of training images.
-        val_augmentations: Augmentations of validation images.
-        test_augmentations: Augmentations of test images.
-        augmentations: Augmentations used where no stage-specific ones are given.
-        test_split_mode: anomalib's test split mode.
-        test_split_ratio: anomalib's test split ratio.
         val_split_mode: anomalib's validation split mode (default ``same_as_test``, see above).
-        val_split_ratio: anomalib's validation split ratio.
-        seed: Seed of anomalib's validation split; ``None`` uses ``split_seed``.
+        **kwargs: The seeds, validation and anomalib arguments of
+            :class:`~anomalib_skipts.data.base.MedicalDataModule` (``split_seed``, ``seed``,
+            ``skip_invalid``, ``dicom_window``, batch sizes, workers, augmentations, split modes).
     """
 
     #: Key of the dataset in :data:`DATASETS`.
@@ -675,21 +480,8 @@ class BenchmarkDataModule(MedicalDataModule):
         num_train: int | None = None,
         num_test_normal: int | None = None,
         num_test_abnormal: int | None = None,
-        split_seed: int = 0,
-        skip_invalid: bool = False,
-        dicom_window: DicomWindow | None = None,
-        train_batch_size: int = 32,
-        eval_batch_size: int = 32,
-        num_workers: int = 8,
-        train_augmentations: Transform | None = None,
-        val_augmentations: Transform | None = None,
-        test_augmentations: Transform | None = None,
-        augmentations: Transform | None = None,
-        test_split_mode: TestSplitMode | str = TestSplitMode.FROM_DIR,
-        test_split_ratio: float = 0.2,
         val_split_mode: ValSplitMode | str = ValSplitMode.SAME_AS_TEST,
-        val_split_ratio: float = 0.5,
-        seed: int | None = None,
+        **kwargs: Any,
     ) -> None:
         if self.dataset_key not in DATASETS:
             msg = f"{type(self).__name__} must set dataset_key to one of {sorted(DATASETS)}."
@@ -704,22 +496,9 @@ class BenchmarkDataModule(MedicalDataModule):
             num_train=counts.train if num_train is None else num_train,
             num_test_normal=counts.test_normal if num_test_normal is None else num_test_normal,
             num_test_abnormal=counts.test_abnormal if num_test_abnormal is None else num_test_abnormal,
-            split_seed=split_seed,
-            skip_invalid=skip_invalid,
-            dicom_window=dicom_window,
-            train_batch_size=train_batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            train_augmentations=train_augmentations,
-            val_augmentations=val_augmentations,
-            test_augmentations=test_augmentations,
-            augmentations=augmentations,
-            test_split_mode=test_split_mode,
-            test_split_ratio=test_split_ratio,
             val_split_mode=val_split_mode,
-            val_split_ratio=val_split_ratio,
-            seed=seed,
             patient_pattern=info.patient_pattern,
+            **kwargs,
         )
         self.info = info
         self.split = split
@@ -817,7 +596,7 @@ DATAMODULES: dict[str, type[BenchmarkDataModule]] = {
 }
 
 
-def get_datamodule(dataset: str | int, **kwargs: object) -> BenchmarkDataModule:
+def get_benchmark_datamodule(dataset: str | int, **kwargs: Any) -> BenchmarkDataModule:
     """Create the datamodule of a benchmark dataset by key, name or Table I ID.
 
     Args:
@@ -834,4 +613,26 @@ def get_datamodule(dataset: str | int, **kwargs: object) -> BenchmarkDataModule:
     if info.key not in DATAMODULES:
         msg = f"{info.name} has no loader: {info.notes}"
         raise KeyError(msg)
-    return DATAMODULES[info.key](**kwargs)  # type: ignore[arg-type]
+    return DATAMODULES[info.key](**kwargs)
+
+
+def get_datamodule(dataset: str | int, **kwargs: Any) -> BenchmarkDataModule:
+    """Create the datamodule of a benchmark dataset (old name of :func:`get_benchmark_datamodule`).
+
+    Deprecated: the name shadows anomalib's :func:`anomalib.data.get_datamodule`, which takes a
+    configuration, not a dataset name.
+
+    Args:
+        dataset: ``"headct"``, ``"BrainMRI"``, ``4``... (see :func:`get_dataset`).
+        **kwargs: Arguments of :class:`BenchmarkDataModule`.
+
+    Returns:
+        The datamodule.
+    """
+    warnings.warn(
+        "anomalib_skipts.data.get_datamodule is renamed get_benchmark_datamodule (the old name shadows "
+        "anomalib.data.get_datamodule); the old name will be removed.",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return get_benchmark_datamodule(dataset, **kwargs)
