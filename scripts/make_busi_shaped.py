@@ -1,4 +1,4 @@
-"""Write a generated dataset in BUSI's raw layout and size (issue 11: the benchmark memory check).
+"""Write a generated dataset in BUSI's raw layout and size (for the benchmark's memory check).
 
 BUSI (Al-Dhabyani et al., 2020; Skip-TS Table I, ID 4): ``normal/`` (133), ``benign/`` (437) and
 ``malignant/`` (210) ultrasound-like PNGs with ``<name>_mask.png`` beside each lesion image, so that

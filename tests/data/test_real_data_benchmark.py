@@ -1,4 +1,4 @@
-"""Real-data check (issue 3): train and test Skip-TS on HeadCT and BrainMRI with Table I's splits.
+"""Real-data check: train and test Skip-TS on HeadCT and BrainMRI with Table I's splits.
 
 A benchmark, not a unit test: deselected by default (``-m 'not benchmark'`` in pyproject), run with::
 

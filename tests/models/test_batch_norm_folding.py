@@ -1,4 +1,4 @@
-"""Batch-norm folding of the teacher and of the inference copy of the student (issue 5)."""
+"""Batch-norm folding of the teacher and of the inference copy of the student."""
 
 import copy
 import pickle

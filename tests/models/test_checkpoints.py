@@ -1,4 +1,4 @@
-"""Checkpoints: canonical state dicts, offline loading, architecture checks, fresh inference copies (issue 9)."""
+"""Checkpoints: canonical state dicts, offline loading, architecture checks, fresh inference copies."""
 
 import copy
 import logging

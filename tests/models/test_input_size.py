@@ -1,4 +1,4 @@
-"""The anomaly map has the input's height and width, whatever size the model was configured with (issue 9)."""
+"""The anomaly map has the input's height and width, whatever size the model was configured with."""
 
 import pytest
 import torch

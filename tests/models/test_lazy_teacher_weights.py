@@ -1,4 +1,4 @@
-"""The teacher's ImageNet weights load lazily, so that a checkpoint's teacher never needs the network (issue 9).
+"""The teacher's ImageNet weights load lazily, so that a checkpoint's teacher never needs the network.
 
 ``anomalib predict/test/export --model SkipTS --ckpt_path ...`` and ``Engine.predict(model=SkipTS(),
 ckpt_path=...)`` build ``SkipTS()`` (``pre_trained=True``) before loading the checkpoint: building it

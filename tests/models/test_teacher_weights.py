@@ -1,4 +1,4 @@
-"""The teacher's ImageNet weights: torchvision's by default, as in the paper; any timm tag on request (issue 9)."""
+"""The teacher's ImageNet weights: torchvision's by default, as in the paper; any timm tag on request."""
 
 import pytest
 import timm

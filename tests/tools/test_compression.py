@@ -1,4 +1,4 @@
-"""The compression benchmark feeds anomalib's OpenVINOInferencer images it scores as the model does (issue 10)."""
+"""The compression benchmark feeds anomalib's OpenVINOInferencer images it scores as the model does."""
 
 from types import SimpleNamespace
 

@@ -1,4 +1,4 @@
-"""Batch-norm folding for the inference path of Skip-TS (issue 5: the cheapest correct inference path).
+"""Batch-norm folding for the inference path of Skip-TS (the cheapest correct inference path).
 
 In evaluation mode a batch normalisation is an affine map per channel, so a convolution followed by
 it equals one convolution with rescaled weights and a bias (``torch.nn.utils.fusion``). Folding
