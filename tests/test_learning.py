@@ -27,8 +27,10 @@ EPOCHS = 8
 # seeded demo (README: image AUROC 0.860 vs 0.900 on two CPUs). Broken wiring, same set-up and
 # machine: teacher features of the neighbouring image in the batch (torch.roll) 0.673 / 0.535; the
 # student ignoring both skips 0.520 / 0.966 (caught by the image threshold only); the anomaly map
-# transposed 0.830 / 0.698 (caught by the pixel threshold only).
-IMAGE_AUROC_MIN = 0.70  # measured 0.830 - 0.13
+# transposed 0.830 / 0.698 (caught by the pixel threshold only). CI's machine measured image AUROC
+# 0.6875 with the correct wiring (2026-12-03), so the image threshold sits between that and the 0.520
+# of the skip-less student; the neighbour's features and the transposed map fail the pixel threshold.
+IMAGE_AUROC_MIN = 0.60  # lowest correct measurement 0.6875 - 0.09; skip-less student 0.520
 PIXEL_AUROC_MIN = 0.95  # measured 0.984 - 0.034
 
 

@@ -189,7 +189,14 @@ def train_or_reuse(model_name: str, datamodule: Any, protocol: Any, folder: Path
     return model, engine
 
 
-def export_variants(model: Any, engine: Any, datamodule: Any, image_size: Any, folder: Path) -> dict[str, Path]:
+def export_variants(
+    model: Any,
+    engine: Any,
+    datamodule: Any,
+    image_size: Any,
+    folder: Path,
+    variants: Sequence[tuple[str, str | None, dict[str, str]]] = VARIANTS,
+) -> dict[str, Path]:
     """Export the trained model as one OpenVINO IR per compression through anomalib's ``Engine.export``.
 
     Returns:
@@ -199,7 +206,7 @@ def export_variants(model: Any, engine: Any, datamodule: Any, image_size: Any, f
     from anomalib.metrics import AUROC
 
     paths: dict[str, Path] = {}
-    for variant, compression, _ in VARIANTS:
+    for variant, compression, _ in variants:
         if compression is None and variant != REFERENCE:
             paths[variant] = paths[REFERENCE]
             continue
@@ -222,7 +229,12 @@ def export_variants(model: Any, engine: Any, datamodule: Any, image_size: Any, f
 
 
 def measure_variants(
-    paths: dict[str, Path], images: list[torch.Tensor], labels: np.ndarray, count: int, rounds: int
+    paths: dict[str, Path],
+    images: list[torch.Tensor],
+    labels: np.ndarray,
+    count: int,
+    rounds: int,
+    variants: Sequence[tuple[str, str | None, dict[str, str]]] = VARIANTS,
 ) -> dict[str, dict[str, Any]]:
     """Score, decide and time every IR in anomalib's ``OpenVINOInferencer``, against the fp32 IR.
 
@@ -234,7 +246,7 @@ def measure_variants(
     from scipy.stats import spearmanr
 
     inferencers = {
-        variant: OpenVINOInferencer(path=paths[variant], device="CPU", config=config) for variant, _, config in VARIANTS
+        variant: OpenVINOInferencer(path=paths[variant], device="CPU", config=config) for variant, _, config in variants
     }
     scores, decisions = {}, {}
     for variant, inferencer in inferencers.items():
@@ -256,7 +268,14 @@ def measure_variants(
     }
 
 
-def benchmark_dataset(name: str, root: Path, output: Path, count: int, rounds: int) -> dict[str, Any]:
+def benchmark_dataset(
+    name: str,
+    root: Path,
+    output: Path,
+    count: int,
+    rounds: int,
+    variants: Sequence[tuple[str, str | None, dict[str, str]]] = VARIANTS,
+) -> dict[str, Any]:
     """Train Skip-TS and Reverse Distillation on one dataset (cpu-quick), export every variant and measure it.
 
     Returns:
@@ -273,11 +292,11 @@ def benchmark_dataset(name: str, root: Path, output: Path, count: int, rounds: i
         model, engine = train_or_reuse(model_name, datamodule, protocol, folder / "train")
         torch_auroc = engine.test(model=model, datamodule=datamodule, verbose=False)[0]["image_AUROC"]
         images, labels = load_test_images(datamodule)
-        paths = export_variants(model, engine, datamodule, protocol.image_size, folder)
+        paths = export_variants(model, engine, datamodule, protocol.image_size, folder, variants)
         result |= {"num_test": len(images), "num_abnormal": int(labels.sum())}
         result["models"][model_name] = {
             "torch_image_auroc": float(torch_auroc),
-            "variants": measure_variants(paths, images, labels, count, rounds),
+            "variants": measure_variants(paths, images, labels, count, rounds, variants),
         }
     return result
 
@@ -317,6 +336,11 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def selected_variants(compressions: Sequence[str]) -> tuple[tuple[str, str | None, dict[str, str]], ...]:
+    """Select the variants to measure: both fp32 ones (the reference) and the chosen compressions."""
+    return tuple(variant for variant in VARIANTS if variant[1] is None or variant[1] in compressions)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="tools/compression.py")
@@ -326,6 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, default=Path("results/compression"))
     parser.add_argument("--count", type=int, default=30, help="images per speed round")
     parser.add_argument("--rounds", type=int, default=5, help="speed rounds (median)")
+    parser.add_argument(
+        "--compressions",
+        nargs="+",
+        default=["FP16", "INT8_PTQ", "INT8_ACQ"],
+        choices=["FP16", "INT8_PTQ", "INT8_ACQ"],
+        help="compressed IRs measured beside fp32 (INT8_ACQ, which re-scores the validation set many times, is slow)",
+    )
     return parser
 
 
@@ -355,7 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     roots = {"phantom": args.phantom_root, "headct": args.headct_root}
     for name in args.datasets:
-        results["datasets"].append(benchmark_dataset(name, roots[name], args.output, args.count, args.rounds))
+        variants = selected_variants(args.compressions)
+        results["datasets"].append(benchmark_dataset(name, roots[name], args.output, args.count, args.rounds, variants))
         (args.output / "results.json").write_text(json.dumps(results, indent=2))
     markdown = render_markdown(results)
     (args.output / "results.md").write_text(markdown)

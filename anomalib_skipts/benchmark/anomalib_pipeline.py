@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from ..data.medical_folder import MedicalFolder
 from .adapters import datamodule_init_args, model_recipe, resolve_datamodule_class
 from .specs import BenchmarkConfig, RunSpec
 
@@ -89,7 +90,7 @@ def to_anomalib_benchmark(config: BenchmarkConfig) -> tuple[dict[str, Any], list
         init_args = datamodule_init_args(run, datamodule_class)
         if getattr(anomalib.data, datamodule_class.__name__, None) is datamodule_class:
             datasets.append({"class_path": datamodule_class.__name__, "init_args": _absolute(_plain(init_args))})
-        elif issubclass(datamodule_class, anomalib.data.Folder):
+        elif issubclass(datamodule_class, anomalib.data.Folder | MedicalFolder):
             datasets.append({"class_path": "Folder", "init_args": _as_folder(datamodule_class(**init_args))})
         else:
             notes.append(f"dataset {dataset.name}: {datamodule_class.__name__} is not in anomalib.data; left out")
