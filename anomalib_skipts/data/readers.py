@@ -101,6 +101,12 @@ _PNG_GRAYSCALE = 0
 _EXIF_ORIENTATION = 0x0112
 _MAX_8BIT = 255.0
 _MAX_16BIT = 65535.0
+# Integer images are multiplied by the reciprocal, as torchvision's ``to_dtype(scale=True)`` in
+# anomalib's reader does: an 8-bit image then reads bit for bit as in anomalib's ``Folder`` (a
+# division differs by one ulp on some values, and a seeded training from a random teacher amplifies
+# such round-off).
+_SCALE_8BIT = np.float32(1.0 / _MAX_8BIT)
+_SCALE_16BIT = np.float32(1.0 / _MAX_16BIT)
 
 
 class ImageReadError(ValueError):
@@ -422,9 +428,9 @@ def _read_with_opencv(path: Path) -> np.ndarray:
 def _scale_array(array: np.ndarray) -> np.ndarray:
     """Scale an integer or float array to ``[0, 1]`` and composite any alpha channel over black."""
     if array.dtype == np.uint8:
-        scaled = array.astype(np.float32) / _MAX_8BIT
+        scaled = array.astype(np.float32) * _SCALE_8BIT
     elif array.dtype == np.uint16:
-        scaled = array.astype(np.float32) / _MAX_16BIT
+        scaled = array.astype(np.float32) * _SCALE_16BIT
     else:
         scaled = _min_max(array)
     if scaled.ndim == 3 and scaled.shape[-1] in {2, 4}:
@@ -454,21 +460,21 @@ def _pil_to_float(image: Image.Image) -> np.ndarray:
     """Convert a loaded Pillow image of any mode to a float array in ``[0, 1]``."""
     mode = image.mode
     if mode.startswith("I;16"):
-        return np.asarray(image).astype(np.float32) / _MAX_16BIT
+        return np.asarray(image).astype(np.float32) * _SCALE_16BIT
     if mode == "I":
         array = np.asarray(image)
         # Pillow stores 16-bit grayscale files (PNG, PGM) as "I" too: keep their absolute scale.
         if array.size and array.min() >= 0 and array.max() <= _MAX_16BIT:
-            return array.astype(np.float32) / _MAX_16BIT
+            return array.astype(np.float32) * _SCALE_16BIT
         return _min_max(array)
     if mode == "F":
         return _min_max(np.asarray(image))
     if mode in {"1", "L"}:
-        return np.asarray(image.convert("L")).astype(np.float32) / _MAX_8BIT
+        return np.asarray(image.convert("L")).astype(np.float32) * _SCALE_8BIT
     if mode in {"LA", "La", "PA", "RGBA", "RGBa"} or (mode == "P" and "transparency" in image.info):
         target = "LA" if mode in {"LA", "La"} else "RGBA"
         return _scale_array(np.asarray(image.convert(target)))
-    return np.asarray(image.convert("RGB")).astype(np.float32) / _MAX_8BIT
+    return np.asarray(image.convert("RGB")).astype(np.float32) * _SCALE_8BIT
 
 
 # --------------------------------------------------------------------------------------------------
@@ -547,7 +553,7 @@ def _read_dicom(path: Path, window: DicomWindow | None) -> np.ndarray:
     photometric = str(dataset.get("PhotometricInterpretation", "")).upper()
     if photometric == "PALETTE COLOR":
         rgb = apply_color_lut(pixels, dataset)
-        return rgb.astype(np.float32) / (_MAX_16BIT if rgb.dtype.itemsize > 1 else _MAX_8BIT)
+        return rgb.astype(np.float32) * (_SCALE_16BIT if rgb.dtype.itemsize > 1 else _SCALE_8BIT)
     samples = int(dataset.get("SamplesPerPixel", 1) or 1)
     if samples > 1 or pixels.ndim == 3:
         # Colour (RGB / YBR, converted to RGB by pydicom): no modality LUT or window applies.

@@ -57,6 +57,20 @@ def test_grayscale_png_is_replicated_to_three_channels(files):
         np.testing.assert_allclose(image[channel].numpy(), expected, atol=1e-7)
 
 
+def test_8bit_images_read_bit_for_bit_as_anomalibs_reader(files):
+    # Every 8-bit value, grayscale and colour: baselines on a MedicalFolder see exactly the tensors
+    # anomalib's Folder gives them (a one-ulp difference changes a seeded training's result).
+    from anomalib.data.utils import read_image as anomalib_read_image
+
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    gray = files.root / "all_values.png"
+    Image.fromarray(values, mode="L").save(gray)
+    colour = files.root / "all_values_rgb.png"
+    Image.fromarray(np.stack([values, values.T, 255 - values], axis=-1), mode="RGB").save(colour)
+    for path in (gray, colour):
+        assert torch.equal(read_image(path), anomalib_read_image(path, as_tensor=True))
+
+
 def test_rgb_jpeg_matches_pillow(files):
     path = files.image("colour.jpg", mode="RGB", size=(9, 6), fmt="JPEG")
     expected = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255
@@ -158,7 +172,9 @@ def test_exif_orientation_is_honoured(files):
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_every_exif_orientation_matches_pillow(files, orientation):
     path = files.image(f"o{orientation}.png", mode="RGB", size=(5, 3), exif_orientation=orientation, fmt="PNG")
-    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"), dtype=np.float32) / 255
+    # scaled as anomalib's reader scales 8-bit values (times the float32 reciprocal of 255)
+    transposed = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"), dtype=np.float32)
+    expected = transposed * np.float32(1 / 255)
     np.testing.assert_array_equal(read_image(path).permute(1, 2, 0).numpy(), expected)
     # The numpy path used for 16-bit files agrees with Pillow too.
     raw = np.asarray(Image.open(path).convert("RGB"))
