@@ -112,18 +112,19 @@ BMAD_CATEGORIES: dict[str, BMADCategory] = {
 }
 
 LAYOUT = """\
-<root>/<category>/        named Brain, Liver, Retina_RESC, Retina_OCT2017, Chest, Histopathology or a name of
-                          BMAD's archives (BraTS2021_slice, hist_DIY, RESC, OCT2017, Chest-RSNA, camelyon16_256),
-                          possibly inside the archive's folders (Liver/Train/hist_DIY, Brain_AD/BraTS2021_slice)
-  train/good/[img/]*.png                  normal training images
-  valid/ or val/                          BMAD's validation split, laid out like test/
-  test/good/[img/]*.png                   normal test images
-  test/Ungood/[img/]*.png                 abnormal test images
-  masks of the abnormal images (Brain, Liver, Retina_RESC; required there), named like their images, in
-    test/Ungood/label/ or test/Ungood/anomaly_mask/
-    test/label/Ungood/, with the images in test/img/good/ and test/img/Ungood/     (Liver)
-    test_label/Ungood/ beside test/                (RESC: Train/train/, Val/val/ + Val/val_label/,
-                                                    Test/test/ + Test/test_label/)"""
+<root>/<category>/    named Brain, Liver, Retina_RESC, Retina_OCT2017, Chest, Histopathology or as in BMAD's
+                      archives (BraTS2021_slice, hist_DIY, RESC, OCT2017, Chest-RSNA, camelyon16_256), possibly
+                      inside the archive's own folders (Liver/Train/hist_DIY, Brain_AD/BraTS2021_slice)
+  train/good/[img/]*.png       normal training images
+  valid/good/[img/]*.png       normal validation images (valid/ or val/)
+  valid/Ungood/[img/]*.png     abnormal validation images
+  valid/Ungood/label/*.png     their masks, named like the images (Brain, Liver, Retina_RESC: required there)
+  test/good/[img/]*.png, test/Ungood/[img/]*.png, test/Ungood/label/*.png   the same for the test set
+  masks are also found where BMAD's archives put them:
+    <split>/Ungood/anomaly_mask/                                   (Brain)
+    <split>/label/Ungood/, images in <split>/img/{good,Ungood}/    (Liver)
+    <split>_label/Ungood/ beside <split>/                          (RESC: Train/train/, Val/val/ + Val/val_label/,
+                                                                    Test/test/ + Test/test_label/)"""
 
 
 def resolve_category(category: str) -> BMADCategory:
