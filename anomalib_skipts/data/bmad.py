@@ -155,7 +155,7 @@ def _subfolders(folder: Path) -> list[Path]:
     return sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith("."))
 
 
-def split_folder(category_dir: str | Path, split: str) -> Path | None:
+def _split_folder(category_dir: str | Path, split: str) -> Path | None:
     """Return the folder of one BMAD split: ``valid/`` or ``val/``; RESC's ``Val/val/`` (inside its namesake).
 
     Args:
@@ -179,7 +179,7 @@ def _class_folders(split_dir: Path) -> list[Path]:
 
 
 def _is_category_folder(folder: Path) -> bool:
-    train = split_folder(folder, "train")
+    train = _split_folder(folder, "train")
     return train is not None and any(path.name.lower() in _CLASSES for path in _class_folders(train))
 
 
@@ -263,7 +263,7 @@ def make_bmad_samples(
     masks_of: dict[Path, list[Path]] = {}
     mask_dir_of: dict[Path, Path] = {}  # where an abnormal image's mask was looked for
     for split in splits:
-        split_dir = split_folder(category_dir, split)
+        split_dir = _split_folder(category_dir, split)
         if split_dir is None:
             reason = "folder does not exist"
             if split == "valid":
@@ -390,7 +390,8 @@ class BMAD(MedicalDataModule):
     def _layout_hint(self) -> str:
         names = ", ".join((self.info.name, *self.info.aliases))
         return (
-            f"root is {self.root.absolute()}; the category folder is looked for there under the names {names}.\n"
+            f"root is {self.root.absolute()}; the category folder is looked for there, up to {_SEARCH_DEPTH} folders "
+            f"deep, under the names {names}.\n"
             f"BMAD is distributed by its authors ({BMAD_URL}); anomalib's copy is downloaded with "
             f"download=True (CLI: --data.download true).\nExpected layout:\n{LAYOUT}"
         )
