@@ -52,12 +52,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from anomalib import TaskType
 from anomalib.data import AnomalibDataset
-from anomalib.data.utils import LabelName, Split, TestSplitMode, ValSplitMode
+from anomalib.data.utils import LabelName, Split, ValSplitMode
 from pandas import DataFrame
 from torch.nn import functional
 from torchvision.transforms.v2 import Transform
@@ -495,27 +496,18 @@ class VolumeFolder(MedicalDataModule):
         percentiles: Lower / upper percentile of each volume's body voxels mapped to 0 and 1 when no
             window is given.
         spacing: Resample slices to this in-plane spacing ``(row, column)`` in mm; ``None`` keeps the grid.
-        patient_pattern: Regular expression with a group named ``patient`` searched in volume names,
-            for several volumes per patient; by default the patient is a DICOM series' ``PatientID`` or
-            the volume's name.
-        num_train: Normal training volumes.
-        num_test_normal: Normal test volumes.
-        num_test_abnormal: Abnormal test volumes; ``None`` takes all.
-        normal_split_ratio: Fraction of normal volumes tested when no count is given.
-        split_seed: Seed of the train/test split.
-        skip_invalid: Leave out invalid volumes (one warning each) instead of failing at set-up.
-        train_batch_size: Training batch size (slices).
-        eval_batch_size: Evaluation batch size (slices).
-        num_workers: Dataloader workers.
-        train_augmentations: Augmentations of training slices.
-        val_augmentations: Augmentations of validation slices.
-        test_augmentations: Augmentations of test slices.
-        augmentations: Augmentations used where no stage-specific ones are given.
-        test_split_mode: anomalib's test split mode.
-        test_split_ratio: anomalib's test split ratio.
-        val_split_mode: anomalib's validation split mode (by patient).
-        val_split_ratio: Fraction of patients for validation.
-        seed: Seed of the validation split; ``None`` uses ``split_seed``.
+        **kwargs: The arguments of :class:`~anomalib_skipts.data.base.MedicalDataModule`, counted in
+            volumes and split by patient: ``num_train`` / ``num_test_normal`` / ``num_test_abnormal``
+            (normal training, normal test and abnormal test volumes; ``None`` for abnormal takes all),
+            ``normal_split_ratio`` (fraction of normal volumes tested when no count is given),
+            ``split_seed``, ``skip_invalid`` (leave out invalid volumes, one warning each, instead of
+            failing at set-up), batch sizes (in slices), workers, augmentations (of slices), split
+            modes and ratios (``val_split_ratio``: the fraction of patients for validation),
+            ``seed`` (of the validation split; ``None`` uses ``split_seed``) and
+            ``patient_pattern`` (a regular expression with a group named ``patient`` searched in
+            volume names, for several volumes per patient; by default the patient is a DICOM
+            series' ``PatientID`` or the volume's name). The base's ``dicom_window`` is not one of
+            them: ``window`` sets the intensities of every volume, NIfTI and DICOM alike.
     """
 
     def __init__(
@@ -533,48 +525,9 @@ class VolumeFolder(MedicalDataModule):
         window: DicomWindow | None = None,
         percentiles: tuple[float, float] = (0.5, 99.5),
         spacing: tuple[float, float] | None = None,
-        patient_pattern: str | None = None,
-        num_train: int | None = None,
-        num_test_normal: int | None = None,
-        num_test_abnormal: int | None = None,
-        normal_split_ratio: float = 0.2,
-        split_seed: int = 0,
-        skip_invalid: bool = False,
-        train_batch_size: int = 32,
-        eval_batch_size: int = 32,
-        num_workers: int = 8,
-        train_augmentations: Transform | None = None,
-        val_augmentations: Transform | None = None,
-        test_augmentations: Transform | None = None,
-        augmentations: Transform | None = None,
-        test_split_mode: TestSplitMode | str = TestSplitMode.FROM_DIR,
-        test_split_ratio: float = 0.2,
-        val_split_mode: ValSplitMode | str = ValSplitMode.FROM_TEST,
-        val_split_ratio: float = 0.5,
-        seed: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            name=name,
-            num_train=num_train,
-            num_test_normal=num_test_normal,
-            num_test_abnormal=num_test_abnormal,
-            normal_split_ratio=normal_split_ratio,
-            split_seed=split_seed,
-            skip_invalid=skip_invalid,
-            train_batch_size=train_batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            train_augmentations=train_augmentations,
-            val_augmentations=val_augmentations,
-            test_augmentations=test_augmentations,
-            augmentations=augmentations,
-            test_split_mode=test_split_mode,
-            test_split_ratio=test_split_ratio,
-            val_split_mode=val_split_mode,
-            val_split_ratio=val_split_ratio,
-            seed=seed,
-            patient_pattern=patient_pattern,
-        )
+        super().__init__(name=name, dicom_window=None, **kwargs)
         self.root = root
         self.normal_dir = normal_dir
         self.abnormal_dir = abnormal_dir

@@ -19,6 +19,7 @@ from anomalib_skipts.data import (
     MedIAnomaly,
     MedicalDataModule,
     MedicalFolder,
+    VolumeFolder,
     get_benchmark_datamodule,
     get_datamodule,
 )
@@ -38,6 +39,16 @@ def test_every_datamodule_offers_the_base_arguments_to_the_cli(datamodule_class:
     offered = {action.dest.removeprefix("data.") for action in parser._actions}
     assert {"train_batch_size", "num_workers", "split_seed", "seed", "skip_invalid", "val_split_mode"} <= offered
     assert offered >= BASE_ARGUMENTS
+
+
+def test_volume_folder_takes_the_shared_arguments_from_the_base() -> None:
+    own = set(inspect.signature(VolumeFolder).parameters)
+    assert not own & BASE_ARGUMENTS  # declared once, in the base
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(VolumeFolder, "data")
+    offered = {action.dest.removeprefix("data.") for action in parser._actions}
+    assert offered >= (BASE_ARGUMENTS - {"dicom_window"}) | {"name", "patient_pattern", "window", "slice_axis"}
+    assert "dicom_window" not in offered  # volumes are windowed by `window`, NIfTI and DICOM alike
 
 
 def test_subclass_defaults_survive_the_cli() -> None:
