@@ -13,22 +13,27 @@ Python::
     from anomalib_skipts.models import SkipTS
     from anomalib_skipts.volume_predict import predict_volumes
     model = SkipTS.load_from_checkpoint("model.ckpt")
-    settings = VolumeSettings(window="brain")  # as the VolumeFolder of training
-    predict_volumes(model, ["scan.nii.gz", "dicom/series_3"], "predictions", settings)
+    predict_volumes(model, ["scan.nii.gz", "dicom/series_3"], "predictions")
 
 Command line::
 
-    python -m anomalib_skipts.volume_predict --ckpt_path model.ckpt --window brain scan.nii.gz series_3/
+    python -m anomalib_skipts.volume_predict --ckpt_path model.ckpt scan.nii.gz series_3/
+
+A checkpoint trained on :class:`~anomalib_skipts.data.VolumeFolder` stores its volume settings (slice
+axis, window or percentiles, spacing), so prediction takes the slices as in training with no flags;
+settings given explicitly replace them, with a warning where they differ.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -46,14 +51,50 @@ from anomalib_skipts.data.volume_readers import (
     spacing_of_plane,
     volume_stem,
 )
-from anomalib_skipts.data.volumes import VolumeSettings, check_volume
+from anomalib_skipts.data.volumes import VOLUME_SETTINGS_KEY, VolumeSettings, check_volume
+from anomalib_skipts.input_settings import find_input_settings
 from anomalib_skipts.patient import patient_score
 
-__all__ = ["VolumePrediction", "main", "predict_volume", "predict_volumes"]
+__all__ = ["VolumePrediction", "main", "predict_volume", "predict_volumes", "trained_volume_settings"]
 
 logger = logging.getLogger(__name__)
 
 SCORES_CSV = "patient_scores.csv"
+
+
+def trained_volume_settings(input_settings: Mapping[str, Any] | None) -> VolumeSettings | None:
+    """Return the volume settings a model was trained with, from its input settings.
+
+    Args:
+        input_settings: A model's ``input_settings`` or
+            :func:`~anomalib_skipts.input_settings.find_input_settings` of a checkpoint.
+
+    Returns:
+        The settings of the training ``VolumeFolder``, or ``None`` when the model was not trained on
+        volumes (or its checkpoint predates stored volume settings).
+    """
+    stored = (input_settings or {}).get(VOLUME_SETTINGS_KEY)
+    return VolumeSettings.from_dict(dict(stored)) if isinstance(stored, Mapping) else None
+
+
+def resolve_settings(trained: VolumeSettings | None, given: VolumeSettings | None) -> VolumeSettings:
+    """Choose the settings to predict with: those given, else the trained ones, else the defaults.
+
+    Args:
+        trained: The settings stored with the model, if any.
+        given: Settings the caller passed, if any.
+
+    Returns:
+        The settings; a warning is logged when the given ones differ from the trained ones.
+    """
+    if given is not None and trained is not None and given != trained:
+        logger.warning(
+            "Predicting with volume settings %s, but the model was trained with %s: its scores and threshold "
+            "may not apply. Leave the settings out to read the volumes as in training.",
+            given,
+            trained,
+        )
+    return given or trained or VolumeSettings()
 
 
 @dataclass(frozen=True)
@@ -160,7 +201,8 @@ def predict_volumes(
         model: An anomalib model.
         volume_paths: NIfTI files or DICOM series folders.
         output_dir: Output folder.
-        settings: As in training.
+        settings: Slice axis, intensity and resampling; ``None``: those stored with the model (its
+            ``input_settings``, from the checkpoint), else the defaults.
         aggregation: ``"max"`` or ``"mean_top_k"``.
         top_k: Slices averaged by ``"mean_top_k"``.
         batch_size: Slices per forward pass.
@@ -174,7 +216,7 @@ def predict_volumes(
     """
     from anomalib_skipts.data.problems import InvalidDatasetError
 
-    settings = settings or VolumeSettings()
+    settings = resolve_settings(trained_volume_settings(getattr(model, "input_settings", None)), settings)
     problems = [problem for path in volume_paths for problem in check_volume(str(path), "", settings)[1]]
     if problems:
         raise InvalidDatasetError("predict", problems)
@@ -211,8 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ckpt_path", required=True, help="checkpoint written by anomalib train / Engine.fit")
     parser.add_argument("--model", default="anomalib_skipts.models.SkipTS", help="model class (dotted path)")
     parser.add_argument("--output", default="predictions", help="output folder (default: predictions)")
-    parser.add_argument("--window", default=None, help="CT window: a name (brain) or 'center,width'")
-    parser.add_argument("--slice_axis", type=int, default=2)
+    parser.add_argument(
+        "--window", default=None, help="CT window: a name (brain) or 'center,width' (default: as in training)"
+    )
+    parser.add_argument("--slice_axis", type=int, default=None, help="0, 1 or 2 (default: as in training, else 2)")
     parser.add_argument("--aggregation", default="max", choices=["max", "mean_top_k"])
     parser.add_argument("--top_k", type=int, default=3)
     args = parser.parse_args(argv)
@@ -221,7 +265,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         window = tuple(float(value) for value in window.split(","))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     model = _load_model(args.model, args.ckpt_path)
-    settings = VolumeSettings(slice_axis=args.slice_axis, window=window)
+    checkpoint = torch.load(args.ckpt_path, map_location="cpu", weights_only=False)
+    trained = trained_volume_settings(find_input_settings(checkpoint))
+    given = None
+    if window is not None or args.slice_axis is not None:
+        overrides = {"window": window, "slice_axis": args.slice_axis}
+        given = dataclasses.replace(
+            trained or VolumeSettings(), **{name: value for name, value in overrides.items() if value is not None}
+        )
+    settings = resolve_settings(trained, given)
+    logger.info("volume settings: %s", settings)
     table = predict_volumes(model, args.volumes, args.output, settings, args.aggregation, args.top_k)
     print(table.to_string(index=False))
     return 0

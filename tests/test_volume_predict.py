@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import nibabel
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from anomalib.data import InferenceBatch
 
@@ -59,13 +61,15 @@ def test_map_has_the_input_affine_and_peaks_in_the_lesion(tmp_path: Path) -> Non
     assert table.equals(csv)
 
 
-def test_command_line_writes_maps_from_a_trained_checkpoint(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def trained_on_volumes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A Skip-TS checkpoint trained (1 epoch) on phantom volumes read in the brain window, and its data root."""
     from anomalib.engine import Engine
 
     from anomalib_skipts.data import VolumeFolder, generate_volume_phantom
     from anomalib_skipts.models import SkipTS
-    from anomalib_skipts.volume_predict import main
 
+    tmp_path = tmp_path_factory.mktemp("trained_on_volumes")
     root = generate_volume_phantom(tmp_path / "volumes", num_normal=4, num_abnormal=2, num_slices=4)
     datamodule = VolumeFolder(
         name="volumes",
@@ -83,7 +87,15 @@ def test_command_line_writes_maps_from_a_trained_checkpoint(tmp_path: Path) -> N
     engine.fit(model=model, datamodule=datamodule)
     checkpoint = tmp_path / "model.ckpt"
     engine.trainer.save_checkpoint(checkpoint)
+    return checkpoint, root
 
+
+def test_command_line_writes_maps_from_a_trained_checkpoint(
+    trained_on_volumes: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from anomalib_skipts.volume_predict import main
+
+    checkpoint, root = trained_on_volumes
     scan = root / "abnormal" / "a001.nii.gz"
     assert (
         main(["--ckpt_path", str(checkpoint), "--window", "brain", "--output", str(tmp_path / "out"), str(scan)]) == 0
@@ -93,3 +105,38 @@ def test_command_line_writes_maps_from_a_trained_checkpoint(tmp_path: Path) -> N
     assert written.shape == (64, 64, 4)
     assert np.isfinite(written.get_fdata()).all()
     assert pd.read_csv(tmp_path / "out" / SCORES_CSV)["volume_path"].tolist() == [str(scan)]
+
+
+def test_prediction_takes_the_volume_settings_of_training_from_the_checkpoint(
+    trained_on_volumes: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from anomalib_skipts.input_settings import find_input_settings
+    from anomalib_skipts.models import SkipTS
+    from anomalib_skipts.volume_predict import main, trained_volume_settings
+
+    checkpoint, root = trained_on_volumes
+    scan = root / "abnormal" / "a001.nii.gz"
+    stored = trained_volume_settings(find_input_settings(torch.load(checkpoint, weights_only=False)))
+    assert stored == VolumeSettings(window="brain")
+
+    def run(*flags: str) -> tuple[np.ndarray, float]:
+        output = tmp_path / "_".join(flags or ("stored",))
+        assert main(["--ckpt_path", str(checkpoint), *flags, "--output", str(output), str(scan)]) == 0
+        return nibabel.load(output / "a001_anomaly_map.nii.gz").get_fdata(), pd.read_csv(output / SCORES_CSV).loc[
+            0, "patient_score"
+        ]
+
+    as_trained, score = run("--window", "brain")
+    no_flags, no_flags_score = run()  # no flags: the brain window from the checkpoint, not the percentile default
+    np.testing.assert_array_equal(no_flags, as_trained)
+    assert no_flags_score == score
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="anomalib_skipts.volume_predict"):
+        other, _ = run("--window", "400,2000")  # a forced other window is used, with a warning
+    assert not np.array_equal(other, as_trained)
+    assert any("trained with" in record.getMessage() for record in caplog.records)
+
+    # Python: a model loaded from the checkpoint predicts with its stored settings too.
+    model = SkipTS.load_from_checkpoint(checkpoint, map_location="cpu")
+    table = predict_volumes(model, [scan], tmp_path / "python")
+    assert table.loc[0, "patient_score"] == pytest.approx(score, abs=1e-6)

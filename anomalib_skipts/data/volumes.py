@@ -44,6 +44,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -85,7 +86,9 @@ from anomalib_skipts.data.volume_readers import (
 )
 
 __all__ = [
+    "VOLUME_SETTINGS_KEY",
     "VolumeFolder",
+    "VolumeSettings",
     "VolumeSliceDataset",
     "check_volume",
     "list_volumes",
@@ -250,6 +253,10 @@ def make_volume_samples(
 # --------------------------------------------------------------------------------------------------
 # Checking one volume
 # --------------------------------------------------------------------------------------------------
+#: Key of the volume settings inside a checkpoint's input settings.
+VOLUME_SETTINGS_KEY = "volume"
+
+
 @dataclass(frozen=True)
 class VolumeSettings:
     """How slices are taken from a volume (see :class:`VolumeFolder`)."""
@@ -275,6 +282,24 @@ class VolumeSettings:
             msg = f"spacing must be two positive in-plane spacings (row, column) in mm, got {self.spacing!r}."
             raise ValueError(msg)
         intensity_range(np.zeros(2), self.window, self.percentiles)  # fail early on a bad window / percentiles
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a plain (YAML- and checkpoint-safe) copy of the settings: tuples become lists."""
+        return {
+            name: list(value) if isinstance(value, tuple) else value for name, value in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> VolumeSettings:
+        """Build settings from the output of :meth:`to_dict` (as stored in checkpoints); ignore unknown keys."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(
+            **{
+                name: tuple(value) if isinstance(value, list) else value
+                for name, value in values.items()
+                if name in known
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -542,6 +567,13 @@ class VolumeFolder(MedicalDataModule):
             percentiles=tuple(percentiles),
             spacing=tuple(spacing) if spacing is not None else None,
         )
+
+    def input_settings(self) -> dict[str, Any]:
+        """How this datamodule reads images, with the volume settings (slice axis, intensity, spacing).
+
+        Stored in every checkpoint, so that predicting on volumes takes slices as in training.
+        """
+        return {**super().input_settings(), VOLUME_SETTINGS_KEY: self.settings.to_dict()}
 
     def _make_samples(self) -> tuple[DataFrame, list[DatasetProblem]]:
         return make_volume_samples(
