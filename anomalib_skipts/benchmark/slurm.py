@@ -91,8 +91,8 @@ class SlurmRunner(BaseRunner):
         for run_id, item in unrecorded.items():
             state = states[item.job_id]
             if not state.active:
-                row = self._record_failure(by_id[run_id], item, state)
-                self.log(f"{label(by_id[run_id])} {outcome(row)}")
+                row = self._outcome(by_id[run_id], item, state)
+                self.log(f"{label(by_id[run_id])} {outcome(row)} (SLURM job {item.job_id})")
 
     def execute(self, pending: list[BenchmarkJob]) -> None:
         """Attach to the pending runs' jobs still in the queue, submit the others, wait for all.
@@ -143,11 +143,7 @@ class SlurmRunner(BaseRunner):
                 if state.active:
                     counts["queued" if state.queued else "running"] += 1
                     continue
-                row = self.store.read_record(run_id) if self._recorded(item) else None
-                if row is None:
-                    row = self._record_failure(job, item, state)
-                else:
-                    self.store.rebuild()
+                row = self._outcome(job, item, state)
                 del tracked[run_id]
                 counts["done" if row.get("status") == STATUS_OK else "failed"] += 1
                 self.log(f"{label(job)} {outcome(row)} (SLURM job {item.job_id})")
@@ -202,7 +198,26 @@ class SlurmRunner(BaseRunner):
         """Whether the run wrote its record after its job was submitted."""
         return recorded_since(self.store, item)
 
-    def _record_failure(self, job: BenchmarkJob, item: SubmittedJob, state: JobState) -> dict[str, Any]:
+    def _outcome(self, job: BenchmarkJob, item: SubmittedJob, state: JobState) -> dict[str, Any]:
+        """Give the row of a run whose job ended: its own record, or a failure saying what SLURM did to it.
+
+        A job stopped by SLURM (cancelled, over its time limit, out of memory, preempted) may still
+        have let the run record its own failure (its process was stopped first); SLURM's reason is
+        then put in front of the run's error.
+        """
+        row = self.store.read_record(item.run_id) if self._recorded(item) else None
+        if row is not None and (row.get("status") == STATUS_OK or state.state in ("COMPLETED", "UNKNOWN")):
+            self.store.rebuild()
+            return row
+        return self._record_failure(job, item, state, None if row is None else str(row.get("error", "")))
+
+    def _record_failure(
+        self,
+        job: BenchmarkJob,
+        item: SubmittedJob,
+        state: JobState,
+        run_error: str | None = None,
+    ) -> dict[str, Any]:
         lines = {
             "job output": tail(Path(item.stdout)),
             "job errors": tail(Path(item.stderr)),
@@ -210,7 +225,9 @@ class SlurmRunner(BaseRunner):
         }
         last = next((found[-3:] for found in (lines["job errors"], lines[RUN_LOG], lines["job output"]) if found), [])
         reason = state.describe(item.job_id)
-        if state.state == "COMPLETED":
+        if run_error:
+            reason += f"; the run: {run_error}"
+        elif state.state == "COMPLETED":
             reason += " but the run left no record"
         error = reason + (f"; last log lines: {' | '.join(last)}" if last else "")
         row = failed_row(job.run_spec, error, started_at=item.submitted_at, slurm_job_id=item.job_id, duration_s=0.0)
