@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .isolation import tail
 from .job import execute_run, failed_row
 from .runners import BaseRunner, eta, label, outcome, progress
-from .slurm_jobs import JobState, SlurmJobs, SubmittedJob, now, query_states
+from .slurm_jobs import JobState, SlurmJobs, SubmittedJob, active_jobs_by_name, now, query_states
 from .store import ERROR_TXT, RUN_LOG, STATUS_OK, ResultStore
 
 if TYPE_CHECKING:
@@ -113,6 +113,15 @@ class SlurmRunner(BaseRunner):
                 self.log(f"{label(job)} attached to SLURM job {item.job_id} ({states[item.job_id].state.lower()})")
             else:
                 to_submit.append(job)
+        if to_submit:  # jobs submitted by a driver that died before it could record them
+            orphans = active_jobs_by_name(self._comment())
+            for job in list(to_submit):
+                job_id = orphans.get(_job_name(job.run_spec))
+                if job_id is not None:
+                    item = self._remember(job, job_id, now(), "", "")
+                    tracked[job.run_spec.run_id] = (job, item)
+                    to_submit.remove(job)
+                    self.log(f"{label(job)} attached to SLURM job {job_id} (submitted before the last driver died)")
         if to_submit:
             executor = self._executor()
             for job in to_submit:
@@ -168,22 +177,33 @@ class SlurmRunner(BaseRunner):
         from .pipeline import run_by_id
 
         run = job.run_spec
-        executor.update_parameters(job_name=f"skipts-{run.run_id}")
+        executor.update_parameters(job_name=_job_name(run), comment=self._comment())
         arguments: tuple[Any, ...] = (str(self.store.root.resolve()), run.run_id)
         if self.generator.execute is not execute_run:
             arguments = (*arguments, self.generator.execute)
         submitted_at = now()
         handle = executor.submit(run_by_id, *arguments)
+        return self._remember(job, str(handle.job_id), submitted_at, str(handle.paths.stdout), str(handle.paths.stderr))
+
+    def _remember(self, job: BenchmarkJob, job_id: str, submitted_at: str, stdout: str, stderr: str) -> SubmittedJob:
+        """Record a run's job in ``slurm_jobs.json`` (job logs default to submitit's file names)."""
+        from submitit.core.utils import JobPaths
+
+        paths = JobPaths(self.store.root / SLURM_LOGS, job_id=job_id)
         item = SubmittedJob(
-            run_id=run.run_id,
-            job_id=str(handle.job_id),
-            spec_hash=run.fingerprint(),
+            run_id=job.run_spec.run_id,
+            job_id=job_id,
+            spec_hash=job.run_spec.fingerprint(),
             submitted_at=submitted_at,
-            stdout=str(handle.paths.stdout),
-            stderr=str(handle.paths.stderr),
+            stdout=stdout or str(paths.stdout),
+            stderr=stderr or str(paths.stderr),
         )
         self.jobs.add(item)
         return item
+
+    def _comment(self) -> str:
+        """Give the ``--comment`` of this results folder's jobs (finds jobs a dying driver could not record)."""
+        return f"skipts-benchmark:{self.store.root.resolve()}"
 
     def _submitted(self, jobs: list[BenchmarkJob]) -> dict[str, SubmittedJob]:
         """Find the recorded jobs of these runs, submitted with the runs' current settings."""
@@ -239,6 +259,10 @@ class SlurmRunner(BaseRunner):
         (run_dir / ERROR_TXT).write_text("\n".join(details), encoding="utf-8")
         self.store.record(row)
         return row
+
+
+def _job_name(run: RunSpec) -> str:
+    return f"skipts-{run.run_id}"
 
 
 def recorded_since(store: ResultStore, item: SubmittedJob) -> bool:

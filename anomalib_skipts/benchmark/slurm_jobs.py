@@ -10,6 +10,7 @@ more is reported as ``UNKNOWN``.
 
 from __future__ import annotations
 
+import getpass
 import json
 import re
 import shutil
@@ -172,6 +173,24 @@ def query_states(job_ids: list[str]) -> dict[str, JobState]:
             elif job_id not in states:
                 states[job_id] = JobState("UNKNOWN", "neither squeue, scontrol nor sacct knows it")
     return states
+
+
+def active_jobs_by_name(comment: str) -> dict[str, str]:
+    """Find this user's jobs still queued or running with the given comment, by job name.
+
+    Args:
+        comment: The ``--comment`` the jobs were submitted with.
+
+    Returns:
+        dict[str, str]: Job name -> job id.
+    """
+    output = _run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%j|%k"]) or ""
+    found = {}
+    for line in output.splitlines():
+        parts = line.strip().split("|", 2)
+        if len(parts) == 3 and parts[2] == comment:
+            found[parts[1]] = parts[0]
+    return found
 
 
 def cancel(job_ids: list[str]) -> None:

@@ -6,6 +6,7 @@ after it submitted its jobs and started again; the tests share both grids.
 """
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from anomalib_skipts.benchmark.__main__ import main
 from anomalib_skipts.benchmark.pipeline import BenchmarkJobGenerator
 from anomalib_skipts.benchmark.slurm import SlurmRunner, run_states
 from anomalib_skipts.benchmark.slurm_jobs import SlurmJobs
-from anomalib_skipts.benchmark.store import ResultStore
+from anomalib_skipts.benchmark.store import ResultStore, write_config_snapshot
 
 from ..slurm_cluster import SlurmCluster
 from .cluster_fakes import RELEASE, gated_run
@@ -212,3 +213,45 @@ def test_cancelled_job_is_recorded_failed_and_retried(
     frame = pd.read_csv(out / "runs.csv").set_index("run_id")
     assert (frame["status"] == "ok").all()
     assert any("already finished: skipped" in line and "seed=0" in line for line in again)
+
+
+@pytest.mark.slow
+def test_job_a_dying_driver_could_not_record_is_attached(
+    slurm_cluster: SlurmCluster, make_config, tmp_path: Path
+) -> None:
+    config = make_config(executor={"name": "slurm", "slurm": {"poll_interval": 0.5}})
+    out = config.output_dir
+    (run,) = config.runs()
+    write_config_snapshot(config)
+    (out / RELEASE).touch()
+    # What a driver killed between sbatch and writing slurm_jobs.json leaves: a job of the run, unrecorded.
+    code = (
+        "from anomalib_skipts.benchmark.pipeline import run_by_id; "
+        "from tests.benchmark.cluster_fakes import gated_run; "
+        f"run_by_id({str(out.resolve())!r}, {run.run_id!r}, gated_run)"
+    )
+    submitted = subprocess.run(
+        [
+            *("sbatch", "--parsable", "--hold", f"--job-name=skipts-{run.run_id}", f"--chdir={REPO}"),
+            f"--comment=skipts-benchmark:{out.resolve()}",
+            f"--output={tmp_path / 'orphan.out'}",
+            f"--wrap={sys.executable} -c {shlex.quote(code)}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    orphan = submitted.stdout.strip()
+    before = slurm_cluster.submitted_jobs()
+    lines: list[str] = []
+    runner = SlurmRunner(BenchmarkJobGenerator(config, execute=gated_run), log=lines.append)
+    driver = threading.Thread(target=runner.run)
+    driver.start()
+    _until(lambda: any(f"attached to SLURM job {orphan}" in line for line in lines), "the driver to attach")
+    subprocess.run(["scontrol", "release", orphan], check=True, timeout=30)
+    driver.join(TIMEOUT_S)
+    assert not driver.is_alive()
+    assert slurm_cluster.submitted_jobs() == before  # nothing submitted again
+    assert pd.read_csv(out / "runs.csv").set_index("run_id").loc[run.run_id, "status"] == "ok"
+    assert SlurmJobs(out).load()[run.run_id].job_id == orphan
