@@ -105,28 +105,44 @@ class ParallelRunner(BaseRunner):
                     counts["running"] -= 1
 
         remaining = {job.run_spec.run_id: job for job in pending}
-        with ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="skipts-run") as pool:
-            futures: dict[Future, BenchmarkJob] = {pool.submit(work, job): job for job in pending}
-            last = time.monotonic()
-            while futures:
-                finished, _ = wait(futures, timeout=PROGRESS_EVERY_S, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    job = futures.pop(future)
-                    remaining.pop(job.run_spec.run_id)
-                    try:
-                        row = future.result()
-                    except Exception as error:
-                        row = {"status": "failed", "error": f"{type(error).__name__}: {error}", "duration_s": 0.0}
-                    with lock:
-                        counts["done" if row.get("status") == STATUS_OK else "failed"] += 1
-                    self.log(f"{label(job)} {outcome(row)}")
-                if finished or time.monotonic() - last >= PROGRESS_EVERY_S:
-                    last = time.monotonic()
-                    with lock:
-                        snapshot = dict(counts)
-                    left = [job.run_spec for job in remaining.values()]
-                    self.log(progress(snapshot, len(pending), eta(self.store, left, self.parallel)))
+        pool = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="skipts-run")
+        futures: dict[Future, BenchmarkJob] = {pool.submit(work, job): job for job in pending}
+        try:
+            self._watch(futures, remaining, counts, lock, len(pending))
+        except KeyboardInterrupt:
+            self.log("Interrupted: no further run starts; waiting for the runs already started to end.")
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
+    def _watch(
+        self,
+        futures: dict[Future, BenchmarkJob],
+        remaining: dict[str, BenchmarkJob],
+        counts: dict[str, int],
+        lock: threading.Lock,
+        total: int,
+    ) -> None:
+        """Log each run as it ends and a progress line after each end (or every minute)."""
+        last = time.monotonic()
+        while futures:
+            finished, _ = wait(futures, timeout=PROGRESS_EVERY_S, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = futures.pop(future)
+                remaining.pop(job.run_spec.run_id)
+                try:
+                    row = future.result()
+                except Exception as error:  # a driver-side error ends this run only
+                    row = {"status": "failed", "error": f"{type(error).__name__}: {error}", "duration_s": 0.0}
+                with lock:
+                    counts["done" if row.get("status") == STATUS_OK else "failed"] += 1
+                self.log(f"{label(job)} {outcome(row)}")
+            if finished or time.monotonic() - last >= PROGRESS_EVERY_S:
+                last = time.monotonic()
+                with lock:
+                    snapshot = dict(counts)
+                left = [job.run_spec for job in remaining.values()]
+                self.log(progress(snapshot, total, eta(self.store, left, self.parallel)))
 
 def _cuda_available() -> bool:
     import torch
