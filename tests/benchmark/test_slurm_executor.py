@@ -5,6 +5,8 @@ with the local executor and once through SLURM, the SLURM driver being killed wi
 after it submitted its jobs and started again; the tests share both grids.
 """
 
+import contextlib
+import logging
 import os
 import shlex
 import signal
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,7 +22,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from anomalib_skipts.benchmark.__main__ import main
+from anomalib_skipts.benchmark.__main__ import LOGGER_NAME, main
 from anomalib_skipts.benchmark.pipeline import BenchmarkJobGenerator
 from anomalib_skipts.benchmark.slurm import SlurmRunner, run_states
 from anomalib_skipts.benchmark.slurm_jobs import SlurmJobs
@@ -65,15 +68,18 @@ def _grid(folder_root: Path, output: Path, **executor: object) -> dict:
     }
 
 
-def _cli(*arguments: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "anomalib_skipts.benchmark", *arguments],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        check=False,
-    )
+@contextlib.contextmanager
+def _logged() -> Iterator[list[str]]:
+    """Collect the lines the command line logs meanwhile."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
 
 
 def _until(condition, what: str, timeout: float = TIMEOUT_S) -> None:
@@ -112,15 +118,18 @@ def slurm_grid(
         first.wait()
     submitted_by_first = slurm_cluster.submitted_jobs() - before
     active_after_kill = slurm_cluster.squeue()
-    dry_run = _cli("--config", str(path), "--executor", "slurm", "--dry-run").stdout
+    with _logged() as dry_run:  # in this process: no second start of Python on the two cores
+        assert main(["--config", str(path), "--executor", "slurm", "--dry-run"]) == 0
 
     with (root / "driver2.log").open("w") as log:
         second = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         # While its jobs run: a report from the login node, and a third driver refused.
         _until(lambda: (out / "runs.csv").is_file() or second.poll() is not None, "a first finished run")
         jobs_running_at_report = bool(slurm_cluster.squeue())
-        report = _cli("--config", str(path), "--report-only")
-        third = _cli("--config", str(path), "--executor", "slurm")
+        with _logged() as report:
+            report_returncode = main(["--config", str(path), "--report-only"])
+        with _logged() as third:
+            third_returncode = main(["--config", str(path), "--executor", "slurm"])
         second.wait(TIMEOUT_S)
     return SimpleNamespace(
         frame=pd.read_csv(out / "runs.csv").set_index("run_id"),
@@ -128,14 +137,16 @@ def slurm_grid(
         submitted_by_first=submitted_by_first,
         submitted=slurm_cluster.submitted_jobs() - before,
         active_after_kill=active_after_kill,
-        dry_run=dry_run,
+        dry_run="\n".join(dry_run),
         first_log=(root / "driver1.log").read_text(),
         second_log=(root / "driver2.log").read_text(),
         second_pid=second.pid,
         second_returncode=second.returncode,
         jobs_running_at_report=jobs_running_at_report,
-        report=report,
-        third=third,
+        report="\n".join(report),
+        report_returncode=report_returncode,
+        third="\n".join(third),
+        third_returncode=third_returncode,
     )
 
 
@@ -162,10 +173,10 @@ def test_killed_driver_rerun_attaches_without_submitting_again(slurm_grid: Simpl
 def test_report_only_works_and_a_second_driver_is_refused_while_jobs_run(slurm_grid: SimpleNamespace) -> None:
     grid = slurm_grid
     assert grid.jobs_running_at_report
-    assert grid.report.returncode == 0, grid.report.stdout + grid.report.stderr
+    assert grid.report_returncode == 0, grid.report
     assert (grid.out / "summary.md").is_file()
-    assert grid.third.returncode == 2
-    assert f"Another skipts-benchmark driver is running on {grid.out} (pid {grid.second_pid}" in grid.third.stdout
+    assert grid.third_returncode == 2
+    assert f"Another skipts-benchmark driver is running on {grid.out} (pid {grid.second_pid}" in grid.third
 
 
 @pytest.mark.slow
