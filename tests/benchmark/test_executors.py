@@ -15,6 +15,7 @@ from anomalib_skipts.benchmark.config import load_config, parse_config
 from anomalib_skipts.benchmark.executors import ExecutorSpec, SlurmSettings, device_slots, parse_devices
 from anomalib_skipts.benchmark.parallel import ParallelRunner
 from anomalib_skipts.benchmark.pipeline import BenchmarkJobGenerator, BenchmarkPipeline
+from anomalib_skipts.benchmark.slurm import run_states
 from anomalib_skipts.benchmark.store import DriverBusyError, DriverLock, ResultStore
 
 from .cluster_fakes import chatty_run
@@ -107,6 +108,8 @@ def test_flags_override_the_executor_block(tmp_path: Path, capsys: pytest.Captur
     assert (pinned.runner, pinned.parallel) == ("parallel", 2)  # one run per GPU
     assert ExecutorSpec().with_flags(devices=(0, 1), runs_per_device=2).parallel == 4
     assert BenchmarkPipeline(parse_config({"datasets": DATASETS, "executor": {"parallel": 3}})).runner == "parallel"
+    assert BenchmarkPipeline(parse_config({"datasets": DATASETS, "executor": {"name": "slurm"}})).runner == "slurm"
+    assert BenchmarkPipeline(parse_config({"datasets": DATASETS})).runner == "serial"
     assert parse_devices("0, 2") == (0, 2)
     for bad in ("", "a,b", "0,0"):
         with pytest.raises(ValueError, match="--devices"):
@@ -216,3 +219,15 @@ def test_parallel_two_runs_a_four_run_grid_with_separate_records(make_config) ->
         peak = max(peak, running)
     assert peak == 2  # two at once, never more
     assert any("Progress: 0 running, 4 done, 0 failed, 0 to run of 4" in line for line in lines)
+
+
+def test_dry_run_states_of_a_local_folder(make_config) -> None:
+    config = make_config(models=["Padim", "Stfpm", "SkipTS"])
+    padim, stfpm, skipts = config.runs()
+    store = ResultStore(config.output_dir)
+    for run, status in ((padim, "ok"), (stfpm, "failed")):
+        store.record({"run_id": run.run_id, "spec_hash": run.fingerprint(), "status": status, "error": "boom"})
+    states = run_states(store, config.runs())
+    assert states == {padim.run_id: "finished", stfpm.run_id: "failed (runs again): boom", skipts.run_id: "to run"}
+    kept = run_states(store, config.runs(), retry_failed=False)[stfpm.run_id]
+    assert kept == "finished, failed (not run again: --no-retry-failed): boom"
