@@ -315,7 +315,8 @@ def run_states(store: ResultStore, runs: list[RunSpec], retry_failed: bool = Tru
             else frame
         )
         if state is not None and state.active:
-            result[run.run_id] = f"{'queued' if state.queued else 'running'} (SLURM job {item.job_id})"
+            where = "queued" if state.queued else "running" if state.running else "unknown (no answer from SLURM)"
+            result[run.run_id] = f"{where} (SLURM job {item.job_id})"
         elif not rows.empty and (rows["status"] == STATUS_OK).any():
             result[run.run_id] = "finished"
         elif not rows.empty or state is not None:

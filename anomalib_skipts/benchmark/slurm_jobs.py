@@ -26,6 +26,8 @@ SLURM_JOBS = "slurm_jobs.json"
 QUEUED_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED"})
 RUNNING_STATES = frozenset({"CONFIGURING", "RUNNING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"})
 COMMAND_TIMEOUT_S = 60
+UNREACHABLE = "UNREACHABLE"
+"""State of every job while the SLURM controller does not answer (the jobs are then waited for)."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,8 @@ class JobState:
 
     @property
     def active(self) -> bool:
-        """Not ended yet."""
-        return self.queued or self.running
+        """Not ended yet (or not known while the controller does not answer)."""
+        return self.queued or self.running or self.state == UNREACHABLE
 
     def describe(self, job_id: str) -> str:
         """Say in words how the job stands or ended.
@@ -164,6 +166,9 @@ def query_states(job_ids: list[str]) -> dict[str, JobState]:
     """
     if not job_ids:
         return {}
+    if shutil.which("scontrol") is not None and _run(["scontrol", "ping"]) is None:
+        # A controller that does not answer (restarting, overloaded) must not turn running jobs into failures.
+        return {job_id: JobState(UNREACHABLE, "the SLURM controller does not answer") for job_id in job_ids}
     states = _squeue(job_ids)
     for job_id in job_ids:
         if job_id not in states or not states[job_id].active:

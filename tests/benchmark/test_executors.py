@@ -16,6 +16,7 @@ from anomalib_skipts.benchmark.executors import ExecutorSpec, SlurmSettings, dev
 from anomalib_skipts.benchmark.parallel import ParallelRunner
 from anomalib_skipts.benchmark.pipeline import BenchmarkJobGenerator, BenchmarkPipeline
 from anomalib_skipts.benchmark.slurm import run_states
+from anomalib_skipts.benchmark.slurm_jobs import query_states
 from anomalib_skipts.benchmark.store import DriverBusyError, DriverLock, ResultStore
 
 from .cluster_fakes import chatty_run
@@ -231,3 +232,14 @@ def test_dry_run_states_of_a_local_folder(make_config) -> None:
     assert states == {padim.run_id: "finished", stfpm.run_id: "failed (runs again): boom", skipts.run_id: "to run"}
     kept = run_states(store, config.runs(), retry_failed=False)[stfpm.run_id]
     assert kept == "finished, failed (not run again: --no-retry-failed): boom"
+
+
+def test_jobs_are_waited_for_while_the_controller_does_not_answer(tmp_path: Path, monkeypatch) -> None:
+    for name in ("scontrol", "squeue", "sacct"):  # SLURM clients of a cluster whose controller is down
+        script = tmp_path / name
+        script.write_text("#!/bin/sh\necho 'Unable to contact slurm controller' >&2\nexit 1\n")
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    states = query_states(["12", "13"])
+    assert set(states) == {"12", "13"}
+    assert all(state.state == "UNREACHABLE" and state.active for state in states.values())
