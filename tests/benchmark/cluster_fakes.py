@@ -49,3 +49,10 @@ def gated_run(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     while not release.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     return _row(run)
+
+
+def record_row(root: str, row: dict[str, Any]) -> None:
+    """Record a row into a results folder (a writer in another process)."""
+    from anomalib_skipts.benchmark.store import ResultStore
+
+    ResultStore(root).record(row)

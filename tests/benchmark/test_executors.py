@@ -19,7 +19,7 @@ from anomalib_skipts.benchmark.slurm import run_states
 from anomalib_skipts.benchmark.slurm_jobs import query_states
 from anomalib_skipts.benchmark.store import DriverBusyError, DriverLock, ResultStore
 
-from .cluster_fakes import chatty_run
+from .cluster_fakes import chatty_run, record_row
 
 DATASETS = [{"name": "Tiny", "class_path": "anomalib.data.Folder"}]
 
@@ -173,17 +173,13 @@ def _yaml_of(make_config) -> dict:
     }
 
 
-def _record_late(root: str, row: dict) -> None:
-    ResultStore(root).record(row)
-
-
 def test_rebuilds_wait_for_the_folder_lock(tmp_path: Path) -> None:
     store = ResultStore(tmp_path)
     store.record({"run_id": "a", "spec_hash": "1", "status": "ok", "finished_at": "2026-01-01T00:00:00+00:00"})
     row = {"run_id": "b", "spec_hash": "2", "status": "ok", "finished_at": "2026-01-01T00:00:01+00:00"}
     context = multiprocessing.get_context("spawn")
     with store.lock(), store.lock():  # re-entrant in one thread
-        writer = context.Process(target=_record_late, args=(str(tmp_path), row))
+        writer = context.Process(target=record_row, args=(str(tmp_path), row))
         writer.start()
         record = tmp_path / "runs" / "b" / "run.json"
         deadline = time.monotonic() + 60
