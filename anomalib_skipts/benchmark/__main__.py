@@ -10,6 +10,8 @@ Example:
         skipts-benchmark --config configs/benchmark/ablation.yaml --protocol cpu-quick
         skipts-benchmark --config configs/benchmark/smoke.yaml --report-only
         skipts-benchmark --config configs/benchmark/cpu_quick.yaml --run-timeout 2h --run-memory-limit 12
+        skipts-benchmark --config configs/benchmark/cpu_quick.yaml --parallel 2 --devices 0,1
+        skipts-benchmark --config configs/benchmark/paper.yaml --executor slurm
 """
 
 from __future__ import annotations
@@ -63,7 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Run in this process instead of one child process per run (debugging; no limits, a crash ends all).",
     )
-    parser.add_argument("--dry-run", action="store_true", help="List the runs and their status, run nothing.")
+    parser.add_argument(
+        "--executor",
+        choices=["local", "slurm"],
+        help="Where the runs execute, replacing the config's executor.name: this machine, or one SLURM job per run.",
+    )
+    parser.add_argument("--parallel", type=int, metavar="N", help="local: N runs at once (each in its own process).")
+    parser.add_argument(
+        "--devices",
+        metavar="IDS",
+        help="local: GPUs the runs are pinned to, one run per GPU at a time (e.g. 0,1); sets --parallel if not given.",
+    )
+    parser.add_argument("--runs-per-device", type=int, metavar="K", help="local: let K runs share one GPU at once.")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="List the runs and their state (finished, queued, running, failed, to run), run nothing.",
+    )
     parser.add_argument("--report-only", action="store_true", help="Only rebuild summary.md and the figures.")
     parser.add_argument("--strict", action="store_true", help="Exit with status 1 if any run failed.")
     parser.add_argument(
@@ -110,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         full = load_config(args.config, protocol=args.protocol, output_dir=args.output, max_epochs=args.max_epochs)
         full = _with_limits(full, args)
+        full = _with_executor(full, args)
     except (ValueError, KeyError) as error:
         parser.error(str(error.args[0]) if isinstance(error, KeyError) else str(error))
     config = full.select(models=args.models, datasets=args.datasets, seeds=args.seeds)
@@ -127,16 +146,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("ignore", FutureWarning)
         from .pipeline import BenchmarkPipeline
     from .report import recorded_command, write_report
-    from .store import RUNS_CSV, write_config_snapshot
+    from .store import RUNS_CSV, DriverBusyError, write_config_snapshot
 
     if not args.report_only:
-        BenchmarkPipeline(
-            config,
-            retry_failed=not args.no_retry_failed,
-            log=log.info,
-            command=command,
-            report_config=report_config,
-        ).run()
+        try:
+            pipeline = BenchmarkPipeline(
+                config,
+                retry_failed=not args.no_retry_failed,
+                log=log.info,
+                command=command,
+                report_config=report_config,
+            )
+        except ValueError as error:
+            parser.error(str(error))
+        try:
+            pipeline.run()
+        except DriverBusyError as error:
+            log.error("%s", error)
+            return 2
     if not (config.output_dir / RUNS_CSV).is_file():
         log.error("No results in %s", config.output_dir)
         return 1
@@ -171,6 +198,24 @@ def _with_limits(config: BenchmarkConfig, args: argparse.Namespace) -> Benchmark
     return replace(config, **changes)
 
 
+def _with_executor(config: BenchmarkConfig, args: argparse.Namespace) -> BenchmarkConfig:
+    """Apply ``--executor``, ``--parallel``, ``--devices`` and ``--runs-per-device`` to a config."""
+    from dataclasses import replace
+
+    from .executors import parse_devices
+
+    for flag, value in (("--parallel", args.parallel), ("--runs-per-device", args.runs_per_device)):
+        if value is not None and value < 1:
+            msg = f"{flag} must be a positive integer, got {value}"
+            raise ValueError(msg)
+    devices = parse_devices(args.devices) if args.devices is not None else None
+    executor = config.executor.with_flags(args.executor, args.parallel, devices, args.runs_per_device)
+    if executor.name == "slurm" and (args.parallel or devices):
+        msg = "--parallel and --devices are for the local executor; with slurm, every run is its own job."
+        raise ValueError(msg)
+    return replace(config, executor=executor)
+
+
 def _anomalib(config: BenchmarkConfig, args: argparse.Namespace, log: logging.Logger) -> int:
     import yaml
 
@@ -195,12 +240,13 @@ def _anomalib(config: BenchmarkConfig, args: argparse.Namespace, log: logging.Lo
 
 
 def _dry_run(config: BenchmarkConfig, log: logging.Logger, retry_failed: bool) -> int:
+    from .slurm import run_states
     from .store import ResultStore
 
-    store = ResultStore(config.output_dir)
     runs = config.runs()
+    states = run_states(ResultStore(config.output_dir), runs, retry_failed)
     for index, run in enumerate(runs, start=1):
-        state = "finished" if store.finished(run, retry_failed) else "to run"
+        state = states[run.run_id]
         log.info(
             "[run %d/%d] model=%s dataset=%s seed=%d epochs=%d: %s",
             index,

@@ -24,6 +24,10 @@ A benchmark YAML looks like this (every key except ``datasets`` is optional)::
     run_timeout: 2h              # per-run time limit (seconds, or with s / m / h); default: none
     run_memory_limit: 16         # per-run memory limit in GB (resident memory of the run's process)
     isolate: true                # each run in its own child process (default)
+    executor:                    # where the runs execute (see executors.py); flags override
+      name: local                # local (default) or slurm
+      parallel: 1                # local: runs at once
+      slurm: {partition: gpu, gpus: 1, cpus: 8, time_limit: 4h}
 """
 
 from __future__ import annotations
@@ -41,8 +45,9 @@ from typing import Any
 
 import yaml
 from jsonargparse import ArgumentError, ArgumentParser
-from jsonargparse.typing import PositiveFloat, PositiveInt, restricted_string_type
+from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt, restricted_string_type
 
+from .executors import ExecutorSpec, SlurmSettings
 from .specs import (
     DEFAULT_MODELS,
     PROTOCOLS,
@@ -167,6 +172,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Benchma
         run_timeout=parse_duration(data.get("run_timeout"), "run_timeout"),
         run_memory_limit=data.get("run_memory_limit"),
         isolate=data.get("isolate") is not False,
+        executor=_parse_executor(data.get("executor") or {}, where),
     )
 
 
@@ -237,6 +243,23 @@ def parse_positive(value: Any, where: str) -> float | None:
     return number
 
 
+def _parse_executor(item: Mapping[str, Any], where: str) -> ExecutorSpec:
+    where = f"{where}, executor"
+    values = _checked(item, "executor", where)
+    if values.get("name") is not None and values["name"] not in ("local", "slurm"):
+        msg = f"Invalid value in {where}: 'name' must be 'local' or 'slurm', got {values['name']!r}"
+        raise ValueError(msg)
+    slurm = _checked(values.pop("slurm", None) or {}, "slurm", f"{where}, slurm")
+    if "time_limit" in slurm:
+        slurm["time_limit"] = parse_duration(slurm["time_limit"], f"{where}, slurm, time_limit")
+    if slurm.get("setup") is not None:
+        slurm["setup"] = tuple(slurm["setup"])
+    settings = SlurmSettings(**{key: value for key, value in slurm.items() if value is not None})
+    if values.get("devices") is not None:
+        values["devices"] = tuple(values["devices"])
+    return ExecutorSpec(**{key: value for key, value in values.items() if value is not None}, slurm=settings)
+
+
 def _parse_protocol(item: str | Mapping[str, Any], where: str) -> Protocol:
     if isinstance(item, str):
         return get_protocol(item)
@@ -281,6 +304,7 @@ _CONFIG_TYPES: dict[str, Any] = {
     "run_timeout": PositiveFloat | Duration,
     "run_memory_limit": PositiveFloat,
     "isolate": bool,
+    "executor": dict[str, Any],
 }
 
 
@@ -299,6 +323,9 @@ _TYPES: dict[str, dict[str, Any]] = {
     "protocol": _field_types(Protocol) | {"image_size": PositiveInt | tuple[PositiveInt, PositiveInt]},
     "model": _field_types(ModelSpec),
     "dataset": _field_types(DatasetSpec),
+    "executor": _field_types(ExecutorSpec) | {"devices": list[NonNegativeInt], "slurm": dict[str, Any]},
+    "slurm": _field_types(SlurmSettings)
+    | {"time_limit": PositiveFloat | Duration, "setup": list[str], "sbatch": dict[str, str | int | float | bool]},
 }
 _NULLABLE = {
     kind: {name for name, hint in typing.get_type_hints(cls).items() if type(None) in typing.get_args(hint)}

@@ -111,6 +111,23 @@ def execute_run(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     return row
 
 
+def failed_row(run: RunSpec, error: str, **fields: Any) -> dict[str, Any]:
+    """Build the row of a run that ended without writing its own (killed, cancelled, lost with its node).
+
+    Args:
+        run: The run.
+        error: Why it failed, in words (cut to 500 characters, on one line).
+        **fields: Further columns (``started_at``, ``duration_s``, ``exit_code`` ...).
+
+    Returns:
+        dict[str, Any]: The row, ``status="failed"``, finished now.
+    """
+    row = _base_row(run)
+    row.update(fields)
+    row.update(status=STATUS_FAILED, error=error.replace("\n", " ")[:500], finished_at=_now())
+    return row
+
+
 def _base_row(run: RunSpec) -> dict[str, Any]:
     return {
         "run_id": run.run_id,

@@ -25,7 +25,9 @@ from anomalib.pipelines.components import Job, JobGenerator, Pipeline, Runner
 
 from .isolation import RunLimits
 from .job import Execute, execute_isolated, execute_run
+from .parallel import ParallelRunner
 from .runners import BaseRunner, SerialRunner
+from .slurm import SlurmRunner
 from .store import ResultStore, read_config_snapshot
 
 if TYPE_CHECKING:
@@ -188,7 +190,8 @@ class BenchmarkPipeline(Pipeline):
 
     Args:
         config: The benchmark.
-        runner: Name of the runner in :attr:`RUNNERS` (default ``serial``).
+        runner: Name of the runner in :attr:`RUNNERS` (default: the one of the config's ``executor``:
+            ``serial``, ``parallel`` or ``slurm``).
         **runner_args: Arguments of the runner (``retry_failed``, ``log``, ``command``, ``report_config``).
 
     Example:
@@ -197,10 +200,15 @@ class BenchmarkPipeline(Pipeline):
         >>> frame = BenchmarkPipeline(load_config("configs/benchmark/smoke.yaml")).run()  # doctest: +SKIP
     """
 
-    RUNNERS: dict[str, type[BaseRunner]] = {"serial": SerialRunner}  # noqa: RUF012
+    RUNNERS: dict[str, type[BaseRunner]] = {  # noqa: RUF012
+        "serial": SerialRunner,
+        "parallel": ParallelRunner,
+        "slurm": SlurmRunner,
+    }
     """Runner names -> runner classes (other runners register here)."""
 
-    def __init__(self, config: BenchmarkConfig, runner: str = "serial", **runner_args: Any) -> None:
+    def __init__(self, config: BenchmarkConfig, runner: str | None = None, **runner_args: Any) -> None:
+        runner = runner or config.executor.runner
         if runner not in self.RUNNERS:
             msg = f"Unknown runner {runner!r}; known runners: {sorted(self.RUNNERS)}"
             raise ValueError(msg)
@@ -260,12 +268,15 @@ class BenchmarkRunner(SerialRunner):
         super().__init__(generator, retry_failed=retry_failed, log=log, command=command, report_config=report_config)
 
 
-def run_by_id(results_dir: str | Path, run_id: str) -> dict[str, Any]:
+def run_by_id(results_dir: str | Path, run_id: str, execute: Execute = execute_run) -> dict[str, Any]:
     """Execute one run of a results folder by its id, from the folder's config snapshot.
+
+    This is what a SLURM job of the ``slurm`` executor does.
 
     Args:
         results_dir: Results folder holding ``config.yaml`` (written when the benchmark started).
         run_id: The run's id (``<model>__<dataset>__seed<seed>``).
+        execute: Module-level function doing the run (default :func:`execute_run`).
 
     Returns:
         dict[str, Any]: The run's row, as recorded.
@@ -280,7 +291,7 @@ def run_by_id(results_dir: str | Path, run_id: str) -> dict[str, Any]:
         msg = f"No config snapshot in {results_dir}: start the benchmark there first (skipts-benchmark --config ...)."
         raise ValueError(msg)
     config = config_from_snapshot(snapshot, output_dir=results_dir)
-    generator = BenchmarkJobGenerator(config)
+    generator = BenchmarkJobGenerator(config, execute=execute)
     jobs = {job.run_spec.run_id: job for job in generator()}
     if run_id not in jobs:
         msg = f"No run {run_id!r} in {results_dir}; its runs are: {sorted(jobs)}"

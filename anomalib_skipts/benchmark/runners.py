@@ -8,6 +8,11 @@ that execute jobs in other processes or on other machines need no channel back f
 
 - :class:`SerialRunner`: one run after the other, each in its own child process under the
   config's time and memory limits, with an ETA from the durations already recorded.
+- :class:`~.parallel.ParallelRunner`: several runs at once on this machine, one per GPU.
+- :class:`~.slurm.SlurmRunner`: one SLURM job per run; a driver that dies can be started again.
+
+A runner holds the results folder's driver lock (:class:`~.store.DriverLock`) while it runs, so
+that two drivers never execute the runs of one folder at the same time.
 
 :class:`~.pipeline.BenchmarkPipeline` picks a runner by name; :class:`~.pipeline.BenchmarkRunner` is
 the serial runner built straight from a config.
@@ -25,7 +30,7 @@ import pandas as pd
 from anomalib.pipelines.components import Runner
 
 from .job import format_duration
-from .store import STATUS_OK, ResultStore, write_config_snapshot
+from .store import STATUS_OK, DriverLock, ResultStore, write_config_snapshot
 
 if TYPE_CHECKING:
     from .isolation import RunLimits
@@ -76,7 +81,7 @@ class BaseRunner(Runner):
         return self.generator.store
 
     def run(self, args: dict | None = None, prev_stage_results: Any = None) -> pd.DataFrame:
-        """Execute every run not finished yet.
+        """Execute every run not finished yet, holding the folder's driver lock.
 
         Args:
             args: Passed to the generator (unused by it).
@@ -84,12 +89,29 @@ class BaseRunner(Runner):
 
         Returns:
             pd.DataFrame: All recorded runs of the results folder.
+
+        Raises:
+            DriverBusyError: If another driver is executing the runs of the same folder.
         """
         del prev_stage_results
+        self.config.output_dir.mkdir(parents=True, exist_ok=True)
+        with DriverLock(self.config.output_dir, self.command):
+            return self._run(args)
+
+    def prepare(self, jobs: list[BenchmarkJob]) -> None:
+        """Bring the folder's records up to date before the pending runs are chosen (default: nothing).
+
+        Args:
+            jobs: Every job of the benchmark.
+        """
+        del jobs
+
+    def _run(self, args: dict | None) -> pd.DataFrame:
         config = self.config
-        config.output_dir.mkdir(parents=True, exist_ok=True)
         write_config_snapshot(self.report_config, self.command)
         jobs = list(self.generator(args))
+        self.store.rebuild()  # records written while no driver was there (runs finished elsewhere)
+        self.prepare(jobs)
         pending = [job for job in jobs if not self.store.finished(job.run_spec, self.retry_failed)]
         to_run = {job.run_spec.run_id for job in pending}
         self.log(
@@ -101,7 +123,7 @@ class BaseRunner(Runner):
             self.log(f"Each run in its own process; limits per run: {describe_limits(self.generator.limits)}")
         for job in jobs:
             if job.run_spec.run_id not in to_run:
-                self.log(f"{_label(job)} already finished: skipped")
+                self.log(f"{label(job)} already finished: skipped")
         self.execute(pending)
         frame = self.store.rebuild()
         failed = int((frame["status"] != STATUS_OK).sum()) if not frame.empty else 0
@@ -128,30 +150,62 @@ class SerialRunner(BaseRunner):
         """
         for done, job in enumerate(pending):
             remaining = [item.run_spec for item in pending[done:]]
-            self.log(f"{_label(job)} ({done + 1}/{len(pending)} to run) ETA {eta(self.store, remaining)}")
+            self.log(f"{label(job)} ({done + 1}/{len(pending)} to run) ETA {eta(self.store, remaining)}")
             row = job.run(log=self.log)
             self.log(f"[run {job.index}/{job.total}] {outcome(row)}")
 
 
-def eta(store: ResultStore, remaining: list[RunSpec]) -> str:
+def eta(store: ResultStore, remaining: list[RunSpec], at_once: int = 1) -> str:
     """Estimate the time left: per-model mean duration of recorded runs, else the overall mean.
+
+    Args:
+        store: The results folder.
+        remaining: Runs still to do.
+        at_once: Runs executing at the same time (the estimate is divided by it).
+
+    Returns:
+        str: ``H:MM:SS``, or why there is no estimate yet.
+    """
+    seconds = eta_seconds(store, remaining)
+    if seconds is None:
+        return "unknown (no run finished yet)"
+    return format_duration(seconds / max(1, min(at_once, len(remaining) or 1)))
+
+
+def eta_seconds(store: ResultStore, remaining: list[RunSpec]) -> float | None:
+    """Seconds the remaining runs take one after the other, from the durations already recorded.
 
     Args:
         store: The results folder.
         remaining: Runs still to do.
 
     Returns:
-        str: ``H:MM:SS``, or why there is no estimate yet.
+        float | None: Seconds (``None`` before any run is recorded).
     """
     frame = store.load()
     if frame.empty or "duration_s" not in frame:
-        return "unknown (no run finished yet)"
+        return None
     durations = frame[frame["status"] == STATUS_OK]
     if durations.empty:
         durations = frame
     per_model = durations.groupby("model")["duration_s"].mean().to_dict()
     overall = float(durations["duration_s"].mean())
-    return format_duration(sum(per_model.get(run.model.name, overall) for run in remaining))
+    return float(sum(per_model.get(run.model.name, overall) for run in remaining))
+
+
+def progress(counts: dict[str, int], total: int, eta_text: str) -> str:
+    """One progress line: how many runs are in which state, and the time left.
+
+    Args:
+        counts: Runs per state (``queued``, ``running``, ``done``, ``failed``, ``to run``...).
+        total: Runs this driver executes.
+        eta_text: The estimate of the time left.
+
+    Returns:
+        str: e.g. ``Progress: 1 queued, 2 running, 3 done, 0 failed of 6; ETA 0:04:10``.
+    """
+    parts = ", ".join(f"{count} {state}" for state, count in counts.items())
+    return f"Progress: {parts} of {total}; ETA {eta_text}"
 
 
 def outcome(row: dict[str, Any]) -> str:
@@ -187,7 +241,15 @@ def describe_limits(limits: RunLimits) -> str:
     return f"time {time_limit}, memory {memory}"
 
 
-def _label(job: BenchmarkJob) -> str:
+def label(job: BenchmarkJob) -> str:
+    """Name a job in progress lines.
+
+    Args:
+        job: The job.
+
+    Returns:
+        str: ``[run i/n] model=... dataset=... seed=...``.
+    """
     run = job.run_spec
     return f"[run {job.index}/{job.total}] model={run.model.name} dataset={run.dataset.name} seed={run.seed}"
 

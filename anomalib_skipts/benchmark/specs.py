@@ -20,6 +20,8 @@ from typing import Any
 
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 
+from .executors import ExecutorSpec
+
 DEFAULT_MODELS: tuple[str, ...] = ("SkipTS", "Padim", "Patchcore", "Stfpm", "ReverseDistillation")
 """Models run when a config names none: Skip-TS and anomalib's built-in baselines of Table II."""
 
@@ -219,6 +221,7 @@ class BenchmarkConfig:
             recorded as failed (``None``: no limit).
         isolate: Run each run in its own child process (a crash, an out-of-memory kill or a limit
             then ends that run only). ``False`` runs in-process (no limits; for debugging).
+        executor: Where the runs execute (this machine, serially or in parallel, or SLURM jobs).
         source: The YAML file the config was read from.
     """
 
@@ -233,6 +236,7 @@ class BenchmarkConfig:
     run_timeout: float | None = None
     run_memory_limit: float | None = None
     isolate: bool = True
+    executor: ExecutorSpec = field(default_factory=ExecutorSpec)
 
     def runs(self) -> list[RunSpec]:
         """Expand the grid into runs.

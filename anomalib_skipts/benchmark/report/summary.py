@@ -20,7 +20,7 @@ import pandas as pd
 
 from ..metrics import plain_mean, weighted_mean
 from ..specs import BenchmarkConfig, RunSpec
-from ..store import RUNS_CSV, STATUS_OK, read_config_snapshot
+from ..store import RUNS_CSV, STATUS_OK, ResultStore, read_config_snapshot, write_atomically
 
 SUMMARY_MD = "summary.md"
 SUMMARY_CSV = "summary.csv"
@@ -244,9 +244,9 @@ def build_summary(
         lines += [f"- [{Path(plot).name}]({Path(plot).relative_to(results_dir).as_posix()})" for plot in plots]
         lines.append("")
     text = "\n".join(lines)
-    (results_dir / SUMMARY_MD).write_text(text, encoding="utf-8")
+    write_atomically(results_dir / SUMMARY_MD, text)
     if tables:
-        pd.concat(tables, ignore_index=True).to_csv(results_dir / SUMMARY_CSV, index=False)
+        write_atomically(results_dir / SUMMARY_CSV, pd.concat(tables, ignore_index=True).to_csv(index=False))
     return text
 
 
@@ -256,6 +256,9 @@ def write_report(
     config: BenchmarkConfig | None = None,
 ) -> tuple[Path, list[Path]]:
     """Draw the figures and write the summary of a results folder.
+
+    The folder's lock (:meth:`~..store.ResultStore.lock`) is held meanwhile, so that runs finishing
+    in other processes wait for the report instead of changing ``runs.csv`` under it.
 
     Args:
         results_dir: Results folder with ``runs.csv``.
@@ -268,10 +271,11 @@ def write_report(
     from .plots import make_plots
 
     results_dir = Path(results_dir)
-    frame = _load_runs(results_dir, config)
-    layout = ReportLayout.from_results(results_dir, frame)
-    plots = make_plots(results_dir, frame, layout.models, layout.datasets, layout.kde_models)
-    build_summary(results_dir, plots, command, config)
+    with ResultStore(results_dir).lock():
+        frame = _load_runs(results_dir, config)
+        layout = ReportLayout.from_results(results_dir, frame)
+        plots = make_plots(results_dir, frame, layout.models, layout.datasets, layout.kde_models)
+        build_summary(results_dir, plots, command, config)
     return results_dir / SUMMARY_MD, plots
 
 
