@@ -41,12 +41,9 @@ import torch
 from torch.nn import functional
 
 from anomalib_skipts.data.volume_readers import (
-    inspect_volume,
-    intensity_range,
     normalise_intensity,
     put_slice,
     read_slice,
-    read_volume,
     resampled_size,
     spacing_of_plane,
     volume_stem,
@@ -105,7 +102,7 @@ class VolumePrediction:
         volume_path: The input volume.
         map_path: The written NIfTI anomaly map.
         score: The patient score (aggregated slice scores).
-        slice_scores: Score of each slice, in slice order.
+        slice_scores: Score of each scored slice (those training would use), in slice order.
     """
 
     volume_path: str
@@ -126,6 +123,10 @@ def predict_volume(
 ) -> VolumePrediction:
     """Score every slice of a volume and write its anomaly map as NIfTI with the volume's affine.
 
+    The map covers every slice; the patient score aggregates the slices training would have used
+    (``slice_range`` and the ``min_body_fraction`` rule of the settings), so that slices outside
+    the body, never seen in training, do not decide the patient.
+
     Args:
         model: An anomalib model (``AnomalibModule``): ``model(images)`` returns scores and maps.
         volume_path: NIfTI file or DICOM series folder.
@@ -136,16 +137,21 @@ def predict_volume(
         batch_size: Slices per forward pass.
 
     Returns:
-        The :class:`VolumePrediction`.
+        The :class:`VolumePrediction` (``slice_scores``: the scored slices, in slice order).
 
     Raises:
-        ImageReadError: If the volume cannot be read (the message names the file).
+        InvalidDatasetError: If the volume cannot be read, or no slice passes the settings (the message
+            names the file).
     """
     import nibabel
 
+    from anomalib_skipts.data.problems import InvalidDatasetError
+
     settings = settings or VolumeSettings()
-    info = inspect_volume(volume_path)
-    low, high = intensity_range(read_volume(info), settings.window, settings.percentiles)
+    checked, problems = check_volume(str(volume_path), "", settings)
+    if checked is None:
+        raise InvalidDatasetError("predict", problems)
+    info, low, high = checked.info, checked.low, checked.high
     axis = settings.slice_axis
     device = next(model.parameters()).device
     model.eval()
@@ -178,8 +184,8 @@ def predict_volume(
     return VolumePrediction(
         volume_path=str(volume_path),
         map_path=str(map_path),
-        score=patient_score(scores, aggregation, top_k),
-        slice_scores=tuple(scores),
+        score=patient_score([scores[index] for index in checked.slices], aggregation, top_k),
+        slice_scores=tuple(scores[index] for index in checked.slices),
     )
 
 

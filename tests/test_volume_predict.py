@@ -140,3 +140,34 @@ def test_prediction_takes_the_volume_settings_of_training_from_the_checkpoint(
     model = SkipTS.load_from_checkpoint(checkpoint, map_location="cpu")
     table = predict_volumes(model, [scan], tmp_path / "python")
     assert table.loc[0, "patient_score"] == pytest.approx(score, abs=1e-6)
+
+
+class EmptinessDetector(torch.nn.Module):
+    """Scores a slice by how empty it is (1 - mean intensity): air slices score highest."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images: torch.Tensor) -> InferenceBatch:
+        maps = 1.0 - images[:, :1]
+        return InferenceBatch(pred_score=maps.mean(dim=(-3, -2, -1)), anomaly_map=maps[:, 0])
+
+
+def test_patient_score_uses_the_slices_training_would_use(tmp_path: Path) -> None:
+    # Two air slices above and below the head: outside the body rule of training, they must not
+    # decide the patient (the map still covers them).
+    head = render_head_volume((4, 2), image_size=32, num_slices=4).hu
+    air = np.full((32, 32, 2), -1000.0, dtype=head.dtype)
+    path = tmp_path / "scan.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(np.concatenate([air, head, air], axis=2), phantom_affine(32, 8)), path)
+
+    everything = predict_volumes(EmptinessDetector(), [path], tmp_path / "all", VolumeSettings(window="brain"))
+    body = predict_volumes(
+        EmptinessDetector(), [path], tmp_path / "body", VolumeSettings(window="brain", min_body_fraction=0.05)
+    )
+    assert everything.loc[0, "n_slices"] == 8
+    assert everything.loc[0, "patient_score"] == pytest.approx(1.0)  # an air slice
+    assert body.loc[0, "n_slices"] == 4
+    assert body.loc[0, "patient_score"] < 0.99
+    assert nibabel.load(tmp_path / "body" / "scan_anomaly_map.nii.gz").shape == (32, 32, 8)
