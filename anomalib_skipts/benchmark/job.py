@@ -336,6 +336,7 @@ def execute_isolated(
     execute: Execute = execute_run,
     log: Callable[[str], None] | None = None,
     device: int | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Run ``execute(run, run_dir)`` in a child process under time and memory limits.
 
@@ -351,6 +352,8 @@ def execute_isolated(
         execute: Module-level function executing the run in the child (default :func:`execute_run`).
         log: Receives "still running" progress lines.
         device: Accelerator index the child may see (``CUDA_VISIBLE_DEVICES``); ``None``: all.
+        threads: CPU threads of the child's torch and OpenMP (runs sharing the machine); ``None``:
+            torch's default (every core).
 
     Returns:
         dict[str, Any]: The run's row for ``runs.csv``.
@@ -364,7 +367,7 @@ def execute_isolated(
             log(f"    {run.run_id} still running: {format_duration(elapsed)} elapsed, resident {rss / 1024**3:.2f} GB")
 
     limits = limits or RunLimits()
-    outcome = run_in_child(_child_main, (execute, run, run_dir, device), run_dir / RUN_LOG, limits, heartbeat)
+    outcome = run_in_child(_child_main, (execute, run, run_dir, device, threads), run_dir / RUN_LOG, limits, heartbeat)
     result = run_dir / RUN_JSON
     if result.is_file():  # the run wrote its row: it finished (a crash while the process exits costs nothing)
         row = json.loads(result.read_text(encoding="utf-8"))
@@ -390,10 +393,17 @@ def execute_isolated(
     return row
 
 
-def _child_main(execute: Execute, run: RunSpec, run_dir: Path, device: int | None = None) -> None:
+def _child_main(
+    execute: Execute, run: RunSpec, run_dir: Path, device: int | None = None, threads: int | None = None
+) -> None:
     """Child side of :func:`execute_isolated`: run and write the row (``run.json``) for the parent."""
     if device is not None:  # before torch is imported by the run
         os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
+    if threads is not None:  # OpenMP / MKL read these at start-up; torch's intra-op pool is set directly
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
     logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(asctime)s %(name)s %(message)s")
     row = execute(run, run_dir)
     (run_dir / RUN_JSON).write_text(json.dumps(row, indent=2, default=str), encoding="utf-8")

@@ -9,6 +9,7 @@ own log (``runs/<run_id>/run.log``) and record; the driver's lines name the run 
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -26,6 +27,24 @@ if TYPE_CHECKING:
 
 PROGRESS_EVERY_S = 60.0
 """Seconds between two progress lines while no run ends."""
+
+
+def threads_per_run(parallel: int) -> int | None:
+    """CPU threads each of ``parallel`` runs gets: the machine's cores shared out, at least one.
+
+    Without a limit every run's torch would start one thread per core, and ``N`` runs on ``C``
+    cores would compete with ``N x C`` threads. A user's own ``OMP_NUM_THREADS`` is respected.
+
+    Args:
+        parallel: Runs at once.
+
+    Returns:
+        The threads per run, or ``None`` when ``OMP_NUM_THREADS`` is set (each run keeps it).
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // parallel)
 
 
 class ParallelRunner(BaseRunner):
@@ -64,6 +83,7 @@ class ParallelRunner(BaseRunner):
             msg = "Runs at once (--parallel) need isolated runs: drop --no-isolation / isolate: false."
             raise ValueError(msg)
         use_cuda = generator.config.protocol.accelerator != "cpu" and devices is None and spec.devices is None
+        self.threads = threads_per_run(self.parallel)
         self.slots = device_slots(
             self.parallel,
             devices if devices is not None else spec.devices,
@@ -86,6 +106,7 @@ class ParallelRunner(BaseRunner):
         self.log(
             f"{self.parallel} runs at once"
             + (f", pinned to GPUs {sorted({s for s in self.slots if s is not None})}" if pinned else "")
+            + (f", {self.threads} CPU thread(s) each" if self.threads is not None else "")
         )
         lock = threading.Lock()
         counts = {"running": 0, "done": 0, "failed": 0, "to run": len(pending)}
@@ -98,7 +119,7 @@ class ParallelRunner(BaseRunner):
             where = f" on GPU {device}" if device is not None else ""
             self.log(f"{label(job)} started{where}")
             try:
-                return job.run(task_id=device, log=self.log)
+                return job.run(task_id=device, log=self.log, threads=self.threads)
             finally:
                 free.put(device)
                 with lock:
@@ -143,6 +164,7 @@ class ParallelRunner(BaseRunner):
                     snapshot = dict(counts)
                 left = [job.run_spec for job in remaining.values()]
                 self.log(progress(snapshot, total, eta(self.store, left, self.parallel)))
+
 
 def _cuda_available() -> bool:
     import torch

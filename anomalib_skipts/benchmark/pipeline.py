@@ -71,18 +71,23 @@ class BenchmarkJob(Job):
         """Folder of the run's artefacts and record."""
         return self.store.run_dir(self.run_spec.run_id)
 
-    def run(self, task_id: int | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    def run(
+        self, task_id: int | None = None, log: Callable[[str], None] | None = None, threads: int | None = None
+    ) -> dict[str, Any]:
         """Execute the run and record its row in the store.
 
         Args:
             task_id: Accelerator index the run may use (isolated runs only); ``None``: all devices.
             log: Receives "still running" lines of an isolated run.
+            threads: CPU threads of the run (isolated runs only); ``None``: torch's default.
 
         Returns:
             dict[str, Any]: The run's row, as recorded.
         """
         if self.isolate:
-            row = execute_isolated(self.run_spec, self.run_dir, self.limits, self.execute, log, device=task_id)
+            row = execute_isolated(
+                self.run_spec, self.run_dir, self.limits, self.execute, log, device=task_id, threads=threads
+            )
         else:
             row = self.execute(self.run_spec, self.run_dir)
         self.store.record(row)

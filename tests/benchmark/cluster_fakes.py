@@ -33,13 +33,16 @@ def _row(run: RunSpec, **fields: Any) -> dict[str, Any]:
 
 
 def chatty_run(run: RunSpec, run_dir: Path) -> dict[str, Any]:
-    """Print 40 lines naming the run over about 2 s; the row keeps the start and end times and the pid."""
+    """Print 40 lines naming the run over about 2 s; the row keeps start and end times, pid and threads."""
     start = time.time()
     for index in range(40):
         print(f"{run.run_id} line {index}", flush=True)
         time.sleep(0.05)
     del run_dir
-    return _row(run, started=start, ended=time.time(), pid=os.getpid())
+    import torch
+
+    threads = {"torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "")}
+    return _row(run, started=start, ended=time.time(), pid=os.getpid(), **threads)
 
 
 def gated_run(run: RunSpec, run_dir: Path) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import yaml
 from anomalib_skipts.benchmark.__main__ import main
 from anomalib_skipts.benchmark.config import load_config, parse_config
 from anomalib_skipts.benchmark.executors import ExecutorSpec, SlurmSettings, device_slots, parse_devices
-from anomalib_skipts.benchmark.parallel import ParallelRunner
+from anomalib_skipts.benchmark.parallel import ParallelRunner, threads_per_run
 from anomalib_skipts.benchmark.pipeline import BenchmarkJobGenerator, BenchmarkPipeline
 from anomalib_skipts.benchmark.slurm import run_states
 from anomalib_skipts.benchmark.slurm_jobs import query_states
@@ -216,6 +216,23 @@ def test_parallel_two_runs_a_four_run_grid_with_separate_records(make_config) ->
         peak = max(peak, running)
     assert peak == 2  # two at once, never more
     assert any("Progress: 0 running, 4 done, 0 failed, 0 to run of 4" in line for line in lines)
+
+
+def test_parallel_runs_share_the_cores_and_keep_a_users_thread_setting(make_config, monkeypatch) -> None:
+    # Two runs at once on C cores: C // 2 torch threads each, not C each (2 x C threads competing).
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    config = make_config(models=["Padim", "Stfpm"])
+    lines: list[str] = []
+    ParallelRunner(BenchmarkJobGenerator(config, execute=chatty_run), parallel=2, log=lines.append).run()
+    frame = pd.read_csv(config.output_dir / "runs.csv")
+    assert frame["torch_threads"].tolist() == [max(1, cores // 2)] * 2
+    assert any(f"{max(1, cores // 2)} CPU thread(s) each" in line for line in lines)
+    assert frame["omp_num_threads"].tolist() == [max(1, cores // 2)] * 2  # OpenMP / MKL too
+    # A user's own OMP_NUM_THREADS is theirs: the runs keep it.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads_per_run(2) is None
+    assert threads_per_run(1) is None
 
 
 def test_dry_run_states_of_a_local_folder(make_config) -> None:
