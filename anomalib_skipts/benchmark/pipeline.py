@@ -276,7 +276,8 @@ class BenchmarkRunner(SerialRunner):
 def run_by_id(results_dir: str | Path, run_id: str, execute: Execute = execute_run) -> dict[str, Any]:
     """Execute one run of a results folder by its id, from the folder's config snapshot.
 
-    This is what a SLURM job of the ``slurm`` executor does.
+    This is what a SLURM job of the ``slurm`` executor does; the run's torch and OpenMP threads are
+    those the job was given (:func:`allocated_cpus`).
 
     Args:
         results_dir: Results folder holding ``config.yaml`` (written when the benchmark started).
@@ -301,7 +302,24 @@ def run_by_id(results_dir: str | Path, run_id: str, execute: Execute = execute_r
     if run_id not in jobs:
         msg = f"No run {run_id!r} in {results_dir}; its runs are: {sorted(jobs)}"
         raise ValueError(msg)
-    return jobs[run_id].run()
+    return jobs[run_id].run(threads=allocated_cpus())
+
+
+def allocated_cpus() -> int | None:
+    """CPUs SLURM gave this task (``SLURM_CPUS_PER_TASK``), for the run's torch and OpenMP threads.
+
+    Without cgroups a job's processes see every core of the node; a run then uses only what its
+    job asked for (``cpus`` of the executor's ``slurm`` block) instead of competing with the node's
+    other jobs. ``OMP_NUM_THREADS`` set by the user wins.
+
+    Returns:
+        The CPU count, or ``None`` outside a SLURM job with ``--cpus-per-task`` or with
+        ``OMP_NUM_THREADS`` set.
+    """
+    value = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if os.environ.get("OMP_NUM_THREADS") or not value.isdigit() or int(value) < 1:
+        return None
+    return int(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from anomalib_skipts.benchmark.__main__ import main
 from anomalib_skipts.benchmark.config import load_config, parse_config
 from anomalib_skipts.benchmark.executors import ExecutorSpec, SlurmSettings, device_slots, parse_devices
 from anomalib_skipts.benchmark.parallel import ParallelRunner, threads_per_run
-from anomalib_skipts.benchmark.pipeline import BenchmarkJobGenerator, BenchmarkPipeline
+from anomalib_skipts.benchmark.pipeline import BenchmarkJobGenerator, BenchmarkPipeline, allocated_cpus
 from anomalib_skipts.benchmark.slurm import run_states
 from anomalib_skipts.benchmark.slurm_jobs import query_states
 from anomalib_skipts.benchmark.store import DriverBusyError, DriverLock, ResultStore
@@ -233,6 +233,17 @@ def test_parallel_runs_share_the_cores_and_keep_a_users_thread_setting(make_conf
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert threads_per_run(2) is None
     assert threads_per_run(1) is None
+
+
+def test_a_slurm_job_runs_with_the_cpus_it_was_given(monkeypatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "4")
+    assert allocated_cpus() == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's own setting wins
+    assert allocated_cpus() is None
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")  # outside a job: torch's default
+    assert allocated_cpus() is None
 
 
 def test_dry_run_states_of_a_local_folder(make_config) -> None:

@@ -190,6 +190,11 @@ def test_slurm_grid_gives_the_same_runs_and_scores_as_local(
         assert slurm[column].to_dict() == local_grid.loc[slurm.index, column].to_dict(), column
 
 
+def test_slurm_runs_use_the_cpus_their_job_asked_for(slurm_grid: SimpleNamespace) -> None:
+    # cpus: 1 per job; without cgroups each job sees both cores, and torch would start two threads.
+    assert slurm_grid.frame["torch_threads"].tolist() == [1] * len(slurm_grid.frame)
+
+
 @pytest.mark.slow
 def test_cancelled_job_is_recorded_failed_and_retried(
     slurm_cluster: SlurmCluster, make_config, tmp_path: Path
