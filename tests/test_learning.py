@@ -65,4 +65,3 @@ def phantom_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float
 def test_skipts_learns_to_find_lesions_on_the_phantom(phantom_results: dict[str, float]) -> None:
     assert phantom_results["image_AUROC"] >= IMAGE_AUROC_MIN
     assert phantom_results["pixel_AUROC"] >= PIXEL_AUROC_MIN
-

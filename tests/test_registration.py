@@ -54,3 +54,48 @@ def test_importing_the_package_first_also_registers() -> None:
         """
     )
     assert out == "True"
+
+
+def test_anomalib_get_datamodule_finds_the_medical_datamodules_by_name(tmp_path) -> None:
+    # anomalib benchmark and the tiled ensemble build datamodules with anomalib.data.get_datamodule,
+    # which looks the class name up on anomalib.data only.
+    out = _run(
+        f"""
+        import sys
+        import anomalib.data as data
+        assert "anomalib_skipts.data" in sys.modules
+        from anomalib_skipts.data import BMAD, HeadCT, HeadPhantom, VolumeFolder
+        phantom = data.get_datamodule(
+            {{"class_path": "HeadPhantom", "init_args": {{"root": r"{tmp_path}", "image_size": 32, "num_train": 2}}}}
+        )
+        print(type(phantom).__name__, phantom.image_size)
+        print(data.HeadCT is HeadCT, data.VolumeFolder is VolumeFolder, data.MedicalBMAD is BMAD)
+        print(data.BMAD is not BMAD, data.BMAD.__module__.startswith("anomalib.data"))  # anomalib's own stays
+        print(all(name in data.__all__ for name in ("HeadCT", "MedicalFolder", "MedicalBMAD")))
+        """
+    )
+    assert out.splitlines() == ["HeadPhantom 32", "True True True", "True True", "True"]
+
+
+def test_importing_the_data_package_first_also_registers() -> None:
+    out = _run(
+        """
+        from anomalib_skipts.data import MedicalFolder
+        import anomalib.data
+        print(anomalib.data.MedicalFolder is MedicalFolder)
+        """
+    )
+    assert out == "True"
+
+
+def test_anomalib_cli_takes_a_medical_datamodule_by_its_short_name() -> None:
+    out = _run(
+        """
+        import sys
+        from anomalib.cli.cli import main
+        sys.argv = ["anomalib", "train", "--model", "SkipTS", "--data", "HeadCT", "--print_config"]
+        main()
+        """
+    )
+    assert "class_path: anomalib_skipts.data.HeadCT" in out
+    assert "class_path: anomalib_skipts.SkipTS" in out

@@ -35,7 +35,6 @@ import json
 import logging
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -45,8 +44,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from anomalib_skipts.benchmark.adapters import build_datamodule, build_model
 from anomalib_skipts.benchmark.config import get_protocol
+from anomalib_skipts.benchmark.cost import machine_description
 from anomalib_skipts.benchmark.metrics import image_metrics
+from anomalib_skipts.benchmark.specs import DatasetSpec, ModelSpec, Protocol, RunSpec
 
 logger = logging.getLogger(__name__)
 
@@ -67,30 +69,41 @@ def progress(message: str) -> None:
     print(f"[{datetime.datetime.now(datetime.UTC):%H:%M:%S}] {message}", flush=True)
 
 
-def build_datamodule(name: str, root: Path, protocol: Any) -> Any:
-    """Build the datamodule of one dataset under the protocol's batch sizes and seed.
+DATASETS = {"phantom": "anomalib_skipts.data.HeadPhantom", "headct": "anomalib_skipts.data.HeadCT"}
+
+
+def run_spec(model_name: str, dataset: str, root: Path, protocol: Protocol) -> RunSpec:
+    """Describe one model on one dataset as a benchmark run, so that it is built as the benchmark builds it.
 
     Args:
-        name: ``phantom`` (generated into ``root`` when missing) or ``headct`` (read from ``root``).
+        model_name: ``SkipTS`` or ``ReverseDistillation``.
+        dataset: ``phantom`` (generated into ``root`` when missing) or ``headct`` (read from ``root``).
         root: Dataset folder.
-        protocol: The benchmark protocol.
+        protocol: The benchmark protocol (backbone, weights, input size, batch sizes, seed).
 
     Returns:
-        The datamodule.
-    """
-    from anomalib_skipts.data import HeadCT, HeadPhantom
+        The run (its first seed).
 
-    common = {
-        "train_batch_size": protocol.train_batch_size,
-        "eval_batch_size": protocol.eval_batch_size,
-        "num_workers": protocol.num_workers,
-    }
-    if name == "phantom":
-        return HeadPhantom(root=root, image_size=protocol.image_size[0], **common)
-    if name == "headct":
-        return HeadCT(root=root, split_seed=protocol.seeds[0], **common)
-    msg = f"dataset {name!r} is not known: use 'phantom' or 'headct'."
-    raise ValueError(msg)
+    Raises:
+        ValueError: If the model or the dataset is not one of this study's.
+    """
+    if model_name not in MODELS:
+        msg = f"model {model_name!r} is not known: use one of {', '.join(MODELS)}."
+        raise ValueError(msg)
+    if dataset not in DATASETS:
+        msg = f"dataset {dataset!r} is not known: use {' or '.join(map(repr, DATASETS))}."
+        raise ValueError(msg)
+    init_args: dict[str, Any] = {"root": str(root)}
+    if dataset == "phantom":  # half of its test images set the threshold exported with the model (from_test)
+        init_args |= {"image_size": protocol.image_size[0], "val_split_mode": "from_test"}
+    else:  # HeadCT's own: the whole test split also validates (same_as_test)
+        init_args["split_seed"] = protocol.seeds[0]
+    return RunSpec(
+        model=ModelSpec(name=model_name, class_path=model_name),
+        dataset=DatasetSpec(name=dataset, class_path=DATASETS[dataset], init_args=init_args),
+        seed=protocol.seeds[0],
+        protocol=protocol,
+    )
 
 
 def load_test_images(datamodule: Any) -> tuple[list[torch.Tensor], np.ndarray]:
@@ -138,40 +151,16 @@ def throughput(inferencers: dict[str, Any], image: torch.Tensor, count: int, rou
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def build_model(name: str, protocol: Any) -> Any:
-    """Build Skip-TS or anomalib's Reverse Distillation under the protocol (backbone, weights, input size).
-
-    Args:
-        name: ``SkipTS`` or ``ReverseDistillation``.
-        protocol: The benchmark protocol.
-
-    Returns:
-        The untrained model.
-    """
-    from anomalib.models import ReverseDistillation
-
-    from anomalib_skipts.models import SkipTS
-
-    if name == "SkipTS":
-        return SkipTS(backbone=protocol.backbone, pre_trained=protocol.pre_trained, image_size=protocol.image_size)
-    if name == "ReverseDistillation":
-        pre_processor = ReverseDistillation.configure_pre_processor(protocol.image_size)
-        return ReverseDistillation(
-            backbone=protocol.backbone, pre_trained=protocol.pre_trained, pre_processor=pre_processor
-        )
-    msg = f"model {name!r} is not known: use one of {', '.join(MODELS)}."
-    raise ValueError(msg)
-
-
-def train_or_reuse(model_name: str, datamodule: Any, protocol: Any, folder: Path) -> tuple[Any, Any]:
-    """Train the model under the protocol, or load the checkpoint an earlier run trained in ``folder``.
+def train_or_reuse(run: RunSpec, datamodule: Any, folder: Path) -> tuple[Any, Any]:
+    """Train the run's model under its protocol, or load the checkpoint an earlier run trained in ``folder``.
 
     Returns:
         The trained model and its engine.
     """
     from anomalib.engine import Engine
 
-    model = build_model(model_name, protocol)
+    model_name, protocol = run.model.name, run.protocol
+    model = build_model(run, raw_scores=False)  # exported with its threshold, tested by Engine.test
     engine = Engine(
         default_root_dir=folder,
         max_epochs=protocol.max_epochs,
@@ -284,12 +273,12 @@ def benchmark_dataset(
     from lightning.pytorch import seed_everything
 
     protocol = get_protocol("cpu-quick")
-    datamodule = build_datamodule(name, root, protocol)
+    datamodule = build_datamodule(run_spec(MODELS[0], name, root, protocol))
     result: dict[str, Any] = {"dataset": name, "root": str(root), "models": {}}
     for model_name in MODELS:
         seed_everything(protocol.seeds[0], workers=True)
         folder = output / name / model_name
-        model, engine = train_or_reuse(model_name, datamodule, protocol, folder / "train")
+        model, engine = train_or_reuse(run_spec(model_name, name, root, protocol), datamodule, folder / "train")
         torch_auroc = engine.test(model=model, datamodule=datamodule, verbose=False)[0]["image_AUROC"]
         images, labels = load_test_images(datamodule)
         paths = export_variants(model, engine, datamodule, protocol.image_size, folder, variants)
@@ -299,18 +288,6 @@ def benchmark_dataset(
             "variants": measure_variants(paths, images, labels, count, rounds, variants),
         }
     return result
-
-
-def machine() -> str:
-    """Describe the machine: the CPU model name as ``lscpu`` prints it, and the core count."""
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
-        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        cpu = "unknown CPU"
-    import os
-
-    return f"{cpu}, {os.cpu_count()} CPU cores"
 
 
 def render_markdown(results: dict[str, Any]) -> str:
@@ -377,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "command": shlex.join(["python", "tools/compression.py", *(argv or sys.argv[1:])]),
-        "machine": machine(),
+        "machine": machine_description(torch.device("cpu"))["description"],
         "date": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d}",
         "openvino": openvino.__version__,
         "nncf": nncf.__version__,

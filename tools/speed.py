@@ -48,7 +48,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from anomalib_skipts.benchmark.adapters import build_datamodule, build_model
 from anomalib_skipts.benchmark.cost import count_flops, count_parameters, machine_description, measure_throughput
+from anomalib_skipts.benchmark.specs import DatasetSpec, ModelSpec, Protocol, RunSpec
 
 if TYPE_CHECKING:
     from anomalib.models.components import AnomalibModule
@@ -237,12 +239,41 @@ def timed_stages(model: AnomalibModule) -> Iterator[StageTimer]:
 # --------------------------------------------------------------------------------------------------
 
 
+def speed_run(model: ModelSpec, image_size: int, batch_size: int = 16, seed: int = 0, **data: Any) -> RunSpec:
+    """Describe one model of the study as a benchmark run on the head phantom, built as the benchmark builds it.
+
+    Args:
+        model: The model (its ``class_path`` and ``init_args``); the backbone comes from ``data``'s protocol.
+        image_size: Square input side (the model's and the generated phantom's).
+        batch_size: Training and evaluation batch size.
+        seed: The run's seed.
+        **data: ``HeadPhantom`` arguments (``root``, ``num_train``...) and ``backbone``.
+
+    Returns:
+        The run: random-initialised backbone (speed does not depend on the weights), CPU-style loaders.
+    """
+    protocol = Protocol(
+        name="speed",
+        image_size=(image_size, image_size),
+        backbone=data.pop("backbone", None),
+        pre_trained=False,
+        train_batch_size=batch_size,
+        eval_batch_size=batch_size,
+        num_workers=0,
+    )
+    # anomalib's validation split (half of the 4 + 4 test images): what the timings were measured with
+    phantom = {"num_test_normal": 4, "num_test_abnormal": 4, "image_size": image_size, "val_split_mode": "from_test"}
+    dataset = DatasetSpec(name="phantom", class_path="anomalib_skipts.data.HeadPhantom", init_args=phantom | data)
+    return RunSpec(model=model, dataset=dataset, seed=seed, protocol=protocol)
+
+
 def build_models(
     backbone: str, image_size: int, seed: int = 0, skipts_options: dict[str, Any] | None = None
 ) -> dict[str, AnomalibModule]:
     """Reverse Distillation and Skip-TS (with and without teacher cache), same backbone and input size.
 
-    All are built with ``pre_trained=False`` (no ImageNet download); speed does not depend on the weights.
+    All are built by the benchmark's adapters with ``pre_trained=False`` (no ImageNet download);
+    speed does not depend on the weights.
 
     Args:
         backbone: Backbone of both models.
@@ -254,24 +285,18 @@ def build_models(
     Returns:
         Name -> model, in :data:`TRAINING_ORDER`.
     """
-    from anomalib.models import ReverseDistillation
-
-    from anomalib_skipts.models import SkipTS
-
+    options = skipts_options or {}
+    specs = {
+        RD: ModelSpec(name=RD, class_path="ReverseDistillation"),
+        SKIPTS_CACHE: ModelSpec(name=SKIPTS_CACHE, class_path="SkipTS", init_args={"teacher_cache": True, **options}),
+        SKIPTS_NOCACHE: ModelSpec(
+            name=SKIPTS_NOCACHE, class_path="SkipTS", init_args={"teacher_cache": False, **options}
+        ),
+    }
     torch.manual_seed(seed)
-    size = (image_size, image_size)
     return {
-        RD: ReverseDistillation(
-            backbone=backbone,
-            pre_trained=False,
-            pre_processor=ReverseDistillation.configure_pre_processor(image_size=size),
-        ),
-        SKIPTS_CACHE: SkipTS(
-            backbone=backbone, pre_trained=False, image_size=size, teacher_cache=True, **(skipts_options or {})
-        ),
-        SKIPTS_NOCACHE: SkipTS(
-            backbone=backbone, pre_trained=False, image_size=size, teacher_cache=False, **(skipts_options or {})
-        ),
+        name: build_model(speed_run(spec, image_size, seed=seed, backbone=backbone), raw_scores=False)
+        for name, spec in specs.items()
     }
 
 
@@ -292,24 +317,15 @@ def with_inference_engineering(model: AnomalibModule) -> SimpleNamespace:
     return SimpleNamespace(model=tuned.to(memory_format=torch.channels_last), loss=model.loss)
 
 
-def build_datamodule(root: Path, image_size: int, num_train: int, batch_size: int) -> HeadPhantom:
+def build_phantom(root: Path, image_size: int, num_train: int, batch_size: int) -> HeadPhantom:
     """Build and set up the head-phantom datamodule (generated under ``root`` if missing).
 
     Returns:
         The datamodule.
     """
-    from anomalib_skipts.data import HeadPhantom
-
-    datamodule = HeadPhantom(
-        root=root,
-        num_train=num_train,
-        num_test_normal=4,
-        num_test_abnormal=4,
-        image_size=image_size,
-        train_batch_size=batch_size,
-        eval_batch_size=batch_size,
-        num_workers=0,
-    )
+    model = ModelSpec(name=RD, class_path="ReverseDistillation")  # unused: the run's data only
+    run = speed_run(model, image_size, batch_size, root=str(root), num_train=num_train)
+    datamodule = build_datamodule(run)
     datamodule.prepare_data()
     datamodule.setup()
     return datamodule
@@ -1113,7 +1129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress(f"{settings['backbone']} at {size}x{size} on {results['machine']['description']}")
 
     data_root = Path(args.data_root) if args.data_root else output / f"head_phantom_{size}"
-    datamodule = build_datamodule(data_root, size, settings["num_train"], settings["batch_size"])
+    datamodule = build_phantom(data_root, size, settings["num_train"], settings["batch_size"])
     models = build_models(settings["backbone"], size, seed=args.seed, skipts_options=skipts_options)
     for model in models.values():
         model.to(device)

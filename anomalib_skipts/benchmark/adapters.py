@@ -160,16 +160,19 @@ class ModelRecipe:
         return {key: value for key, value in self.init_args.items() if value is None or isinstance(value, plain)}
 
 
-def model_recipe(run: RunSpec) -> ModelRecipe:
+def model_recipe(run: RunSpec, raw_scores: bool = True) -> ModelRecipe:
     """Work out how a run's model is built from its ``init_args`` and the protocol.
 
     The protocol's backbone, ``pre_trained`` flag and image size fill the arguments the model has
     and the config does not set; the pre-processor is the model's own
     ``configure_pre_processor(image_size=...)``; post-processor, evaluator and visualizer are off
-    (raw scores, metrics computed by the benchmark).
+    (raw scores, metrics computed by the benchmark) unless ``raw_scores`` is off.
 
     Args:
         run: The run.
+        raw_scores: Turn the model's post-processor, evaluator and visualizer off. ``False`` keeps
+            the model's own, for studies that export it with its threshold or test it with
+            ``Engine.test`` (``tools/compression.py``).
 
     Returns:
         ModelRecipe: Class, arguments, post-build fix and weights label.
@@ -196,7 +199,8 @@ def model_recipe(run: RunSpec) -> ModelRecipe:
         kwargs.setdefault("image_size", protocol.image_size)
     if "pre_processor" not in kwargs:
         kwargs["pre_processor"] = _pre_processor(model_class, protocol.image_size)
-    kwargs.update(dict.fromkeys(_OFF, False))
+    if raw_scores:
+        kwargs.update(dict.fromkeys(_OFF, False))
     return ModelRecipe(
         model_class=model_class,
         init_args=kwargs,
@@ -277,16 +281,17 @@ def model_init_args(run: RunSpec, model_class: type[AnomalibModule] | None = Non
     return model_recipe(run).init_args
 
 
-def build_model(run: RunSpec) -> AnomalibModule:
+def build_model(run: RunSpec, raw_scores: bool = True) -> AnomalibModule:
     """Instantiate a run's model.
 
     Args:
         run: The run.
+        raw_scores: See :func:`model_recipe`.
 
     Returns:
         AnomalibModule: The model.
     """
-    return model_recipe(run).build()
+    return model_recipe(run, raw_scores).build()
 
 
 def run_weights(run: RunSpec, model_class: type[AnomalibModule] | None = None) -> str:
@@ -358,9 +363,26 @@ def datamodule_init_args(run: RunSpec, datamodule_class: type[AnomalibDataModule
     for key, value in defaults.items():
         if key in parameters or accepts_any:
             kwargs.setdefault(key, value)
-    if protocol.vary_split_with_seed and run.dataset.seed_arg:
-        kwargs[run.dataset.seed_arg] = run.seed
+    seed_arg = split_seed_arg(datamodule_class) if run.dataset.seed_arg == "auto" else run.dataset.seed_arg
+    if protocol.vary_split_with_seed and seed_arg:
+        kwargs[seed_arg] = run.seed
     return kwargs
+
+
+def split_seed_arg(datamodule_class: type[AnomalibDataModule]) -> str | None:
+    """Name the argument that seeds a datamodule's train/test split (a dataset's ``seed_arg: auto``).
+
+    Args:
+        datamodule_class: The datamodule class.
+
+    Returns:
+        str | None: The class's ``split_seed_arg`` (``split_seed`` for the project's datamodules), else
+        anomalib's ``seed`` where the constructor has one, else ``None``.
+    """
+    declared = getattr(datamodule_class, "split_seed_arg", None)
+    if declared is not None:
+        return declared
+    return "seed" if "seed" in inspect.signature(datamodule_class).parameters else None
 
 
 def build_datamodule(run: RunSpec) -> AnomalibDataModule:

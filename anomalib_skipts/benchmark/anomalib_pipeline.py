@@ -9,7 +9,6 @@ translates what it can, reporting what it had to leave out.
 
 from __future__ import annotations
 
-import inspect
 import os
 import subprocess
 import sys
@@ -19,16 +18,16 @@ from typing import Any
 
 import yaml
 
-from ..data.medical_folder import MedicalFolder
 from .adapters import datamodule_init_args, model_recipe, resolve_datamodule_class
 from .specs import BenchmarkConfig, RunSpec
 
 PIPELINE_DIR = "anomalib_pipeline"
 
 LIMITATIONS: tuple[str, ...] = (
-    "Datamodules: only classes exported by `anomalib.data` (`get_datamodule` looks the name up there), so "
-    "custom datamodules (HeadCT, BrainMRI, MedicalFolder) cannot be used. Subclasses of `Folder` "
-    "(HeadPhantom) are translated to a plain `Folder` with the same folders and split settings.",
+    "Datamodules: only classes on `anomalib.data` (`get_datamodule` looks the last part of the class path up "
+    "there): anomalib's own and the project's, which the package registers there (HeadCT, MedicalFolder, "
+    "HeadPhantom, VolumeFolder...; the project's BMAD as `MedicalBMAD`, beside anomalib's own `BMAD`). "
+    "Other datamodules cannot be used.",
     "Models: names known to `anomalib.models.get_model` only (SkipTS is, through the package's import hook); "
     "init_args must be plain YAML, so the shared input size cannot be given to models without an "
     "`image_size` argument: they use their default pre-processor (256x256 for PaDiM, PatchCore, STFPM, RD).",
@@ -87,13 +86,12 @@ def to_anomalib_benchmark(config: BenchmarkConfig) -> tuple[dict[str, Any], list
     for dataset in config.datasets:
         run = RunSpec(model=config.models[0], dataset=dataset, seed=config.seeds[0], protocol=config.protocol)
         datamodule_class = resolve_datamodule_class(dataset.class_path)
-        init_args = datamodule_init_args(run, datamodule_class)
-        if getattr(anomalib.data, datamodule_class.__name__, None) is datamodule_class:
-            datasets.append({"class_path": datamodule_class.__name__, "init_args": _absolute(_plain(init_args))})
-        elif issubclass(datamodule_class, anomalib.data.Folder | MedicalFolder):
-            datasets.append({"class_path": "Folder", "init_args": _as_folder(datamodule_class(**init_args))})
-        else:
+        name = next((name for name, value in vars(anomalib.data).items() if value is datamodule_class), None)
+        if name is None:
             notes.append(f"dataset {dataset.name}: {datamodule_class.__name__} is not in anomalib.data; left out")
+            continue
+        init_args = datamodule_init_args(run, datamodule_class)
+        datasets.append({"class_path": name, "init_args": _absolute(_plain(init_args))})
     accelerator = config.protocol.accelerator
     if accelerator not in {"cpu", "cuda"}:
         import torch
@@ -137,7 +135,8 @@ def run_anomalib_benchmark(config: BenchmarkConfig, timeout: float | None = None
     (workdir / "notes.txt").write_text("\n".join(notes) + "\n", encoding="utf-8")
     before = set(workdir.glob("runs/benchmark/*/results.csv"))
     env = {**os.environ, "PL_TRAINER_MAX_EPOCHS": str(config.protocol.max_epochs)}
-    cli = "from anomalib.cli.cli import main; main()"  # the `anomalib` console script
+    # the `anomalib` console script, with the project's classes registered even without the .pth hook
+    cli = "import anomalib_skipts.data, anomalib_skipts.models; from anomalib.cli.cli import main; main()"
     command = [sys.executable, "-c", cli, "benchmark", "--config", config_path.name]
     subprocess.run(command, cwd=workdir, env=env, check=False, timeout=timeout)
     written = sorted(set(workdir.glob("runs/benchmark/*/results.csv")) - before)
@@ -145,18 +144,6 @@ def run_anomalib_benchmark(config: BenchmarkConfig, timeout: float | None = None
         msg = f"anomalib's benchmark pipeline wrote no results; see {workdir / 'runs' / 'pipeline.log'}"
         raise RuntimeError(msg)
     return written[-1]
-
-
-def _as_folder(datamodule: Any) -> dict[str, Any]:
-    """Plain ``Folder`` arguments equivalent to an instance of a ``Folder`` subclass (data prepared first)."""
-    from anomalib.data import Folder
-
-    datamodule.prepare_data()
-    names = [name for name in inspect.signature(Folder).parameters if not name.endswith("augmentations")]
-    values = {name: getattr(datamodule, name) for name in names if hasattr(datamodule, name)}
-    values["name"] = datamodule.name
-    values["seed"] = datamodule.seed
-    return _absolute(_plain(values))
 
 
 def _absolute(init_args: dict[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ A benchmark YAML looks like this (every key except ``datasets`` is optional)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -287,7 +288,14 @@ def _parse_dataset(item: Mapping[str, Any], where: str) -> DatasetSpec:
     if not values.get("class_path"):
         msg = f"A dataset entry needs a 'class_path' ({where}): {dict(item)!r}"
         raise ValueError(msg)
-    return build_spec(DatasetSpec, {"name": values["class_path"].rsplit(".", 1)[-1], **values}, "dataset")
+    spec = build_spec(DatasetSpec, {"name": values["class_path"].rsplit(".", 1)[-1], **values}, "dataset")
+    if spec.seed_arg == "auto":  # named in the config (and the run fingerprints) as if written out
+        from .adapters import resolve_datamodule_class, split_seed_arg
+
+        # a class that cannot be imported yet is resolved (and reported) when its runs start
+        with contextlib.suppress(ImportError, ValueError, AttributeError):
+            spec = dataclasses.replace(spec, seed_arg=split_seed_arg(resolve_datamodule_class(spec.class_path)))
+    return spec
 
 
 Duration = restricted_string_type("Duration", r"(?i)^\s*([0-9]*\.?[0-9]+\s*[smh]?|none)\s*$")

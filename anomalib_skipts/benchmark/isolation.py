@@ -125,8 +125,7 @@ def run_in_child(
             elapsed = time.perf_counter() - start
             if limits.memory_limit_gb is not None and rss > limits.memory_limit_gb * GB:
                 reason = (
-                    f"exceeded the memory limit of {limits.memory_limit_gb:g} GB "
-                    f"(resident {rss / GB:.2f} GB): killed"
+                    f"exceeded the memory limit of {limits.memory_limit_gb:g} GB (resident {rss / GB:.2f} GB): killed"
                 )
                 _kill_tree(process, grace_s=0.0)
             elif limits.timeout_s is not None and elapsed > limits.timeout_s:

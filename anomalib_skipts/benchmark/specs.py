@@ -153,13 +153,15 @@ class DatasetSpec:
         init_args: Constructor arguments. Batch sizes and workers come from the protocol unless
             given here.
         seed_arg: Name of the datamodule argument that seeds its split; used only when the
-            protocol's ``vary_split_with_seed`` is on.
+            protocol's ``vary_split_with_seed`` is on. ``auto`` (the default) takes the datamodule's
+            own: ``split_seed`` for the project's datamodules, anomalib's ``seed`` for anomalib's.
+            ``None``: the split never varies.
     """
 
     name: str
     class_path: str
     init_args: dict[str, Any] = field(default_factory=dict)
-    seed_arg: str | None = "seed"
+    seed_arg: str | None = "auto"
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,13 @@
 Every datamodule is a :class:`MedicalDataModule` (:mod:`~anomalib_skipts.data.base`); each dataset
 family has one module with its raw-layout loader and its datamodule: :mod:`~.medical_folder`
 (:class:`MedicalFolder`), :mod:`~.table1` (the paper's Table I datasets, :data:`DATASETS`),
-:mod:`~.bmad`, :mod:`~.medianomaly` and :mod:`~.phantom` (the offline demo data).
+:mod:`~.bmad`, :mod:`~.medianomaly`, :mod:`~.volumes` and :mod:`~.phantom` (the offline demo data).
+Importing this package (or anomalib's ``anomalib.data``, once the package is installed) registers the
+datamodules of :data:`ANOMALIB_DATAMODULES` on ``anomalib.data``, where anomalib's
+``get_datamodule`` (``anomalib benchmark``, the tiled ensemble) looks them up.
 """
+
+from importlib import import_module
 
 from anomalib_skipts.data.base import MedicalDataModule, MedicalFolderDataset
 from anomalib_skipts.data.bmad import BMAD, BMAD_CATEGORIES
@@ -35,8 +40,23 @@ from anomalib_skipts.data.table1 import (
 )
 from anomalib_skipts.data.volume_phantom import generate_volume_phantom
 from anomalib_skipts.data.volumes import VolumeFolder, VolumeSliceDataset
+from anomalib_skipts.registration import register_datamodules
+
+ANOMALIB_DATAMODULES = {
+    "MedicalFolder": MedicalFolder,
+    "VolumeFolder": VolumeFolder,
+    "HeadPhantom": HeadPhantom,
+    "MedicalBMAD": BMAD,  # anomalib.data.BMAD is anomalib's own (its repackaging only)
+    "MedIAnomaly": MedIAnomaly,
+    **{datamodule.__name__: datamodule for datamodule in DATAMODULES.values()},
+}
+"""Name on ``anomalib.data`` -> the project's datamodule (``class_path: HeadCT`` in ``anomalib benchmark``)."""
+
+# ``import_module`` returns the module object even while the import hook is finishing it.
+register_datamodules(import_module("anomalib.data"))
 
 __all__ = [
+    "ANOMALIB_DATAMODULES",
     "BMAD",
     "BMAD_CATEGORIES",
     "BUSI",

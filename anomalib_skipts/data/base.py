@@ -41,7 +41,7 @@ import copy
 import logging
 from abc import abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from anomalib import TaskType
@@ -205,6 +205,9 @@ class MedicalDataModule(AnomalibDataModule):
         patient_pattern: Regular expression with a group named ``patient``, searched in each file
             name; when given, the split is by patient (see :func:`add_patients`, :func:`assign_split`).
     """
+
+    split_seed_arg: ClassVar[str] = "split_seed"
+    """The argument that seeds the train/test split (the benchmark varies it with the run's seed on request)."""
 
     def __init__(
         self,

@@ -368,6 +368,26 @@ def _check_int(name: str, value: object, minimum: int) -> None:
         raise ValueError(msg)
 
 
+def square_side(image_size: int | Sequence[int]) -> int:
+    """Side of a square image size given as ``n`` or ``(n, n)`` (anomalib's ``get_datamodule`` makes tuples).
+
+    Args:
+        image_size: The size.
+
+    Returns:
+        int: The side; other values are returned unchanged for :func:`_check_params` to reject.
+
+    Raises:
+        ValueError: If a pair has two different sides (the phantom is square).
+    """
+    if isinstance(image_size, list | tuple) and len(image_size) == 2:
+        if image_size[0] != image_size[1]:
+            msg = f"image_size must be square (the phantom is square), got {tuple(image_size)}"
+            raise ValueError(msg)
+        return image_size[0]
+    return image_size  # type: ignore[return-value]
+
+
 def _check_params(num_train: int, num_test_normal: int, num_test_abnormal: int, image_size: int, seed: int) -> None:
     """Validate the generation parameters.
 
@@ -623,8 +643,8 @@ class HeadPhantom(MedicalFolder):
         num_train: Number of normal training images to generate.
         num_test_normal: Number of normal test images to generate.
         num_test_abnormal: Number of abnormal test images (with masks) to generate.
-        image_size: Side of the generated square images in pixels (>= 32). The model's pre-processor
-            resizes them to its input size.
+        image_size: Side of the generated square images in pixels (>= 32), or ``(side, side)``. The
+            model's pre-processor resizes them to its input size.
         phantom_seed: Seed of the data generation (``None``: 0).
         overwrite: Regenerate if ``root`` holds a phantom dataset with different parameters.
         split_seed: Seed of the subsets of the generated split; also anomalib's ``seed`` when that
@@ -657,7 +677,7 @@ class HeadPhantom(MedicalFolder):
         num_train: int = 60,
         num_test_normal: int = 20,
         num_test_abnormal: int = 20,
-        image_size: int = 128,
+        image_size: int | Sequence[int] = 128,
         phantom_seed: int | None = None,
         overwrite: bool = False,
         split_seed: int | None = None,
@@ -676,6 +696,7 @@ class HeadPhantom(MedicalFolder):
             )
             phantom_seed, seed = seed, None
         phantom_seed = 0 if phantom_seed is None else phantom_seed
+        image_size = square_side(image_size)
         _check_params(num_train, num_test_normal, num_test_abnormal, image_size, phantom_seed)
         super().__init__(
             name=name,

@@ -1,11 +1,18 @@
 """Translation to anomalib's own `anomalib benchmark` pipeline, and a run through it."""
 
+from pathlib import Path
+
 import pandas as pd
+from anomalib.data import Folder
 
 from anomalib_skipts.benchmark.anomalib_pipeline import LIMITATIONS, run_anomalib_benchmark, to_anomalib_benchmark
 
 
-def test_translation_keeps_folder_and_named_models_and_reports_the_rest(make_config, tmp_path) -> None:
+class OwnFolder(Folder):
+    """A datamodule of some other package: anomalib's get_datamodule cannot find it."""
+
+
+def test_translation_keeps_registered_datamodules_and_named_models_and_reports_the_rest(make_config, tmp_path) -> None:
     datasets = [
         make_config().datasets[0].__dict__,
         {"name": "CT", "class_path": "anomalib_skipts.data.HeadCT", "init_args": {"root": "missing"}},
@@ -20,6 +27,8 @@ def test_translation_keeps_folder_and_named_models_and_reports_the_rest(make_con
                 "image_size": 32,
             },
         },
+        {"name": "Liver", "class_path": "anomalib_skipts.data.BMAD", "init_args": {"category": "Liver"}},
+        {"name": "Own", "class_path": f"{__name__}.OwnFolder", "init_args": {"name": "own", "root": "x"}},
     ]
     models = ["Padim", "SkipTS", {"name": "Mine", "class_path": "my.package.Model"}]
     config = make_config(models=models, datasets=datasets, seeds=[0, 1])
@@ -31,22 +40,30 @@ def test_translation_keeps_folder_and_named_models_and_reports_the_rest(make_con
     assert padim == {"backbone": "resnet18", "pre_trained": False}
     assert grid["model"]["grid"][1]["init_args"]["image_size"] == [64, 64]
     data = grid["data"]["grid"]
-    assert [item["class_path"] for item in data] == ["Folder", "Folder"]
+    # the project's datamodules by the names they are registered under on anomalib.data
+    assert [item["class_path"] for item in data] == ["Folder", "HeadCT", "HeadPhantom", "MedicalBMAD"]
     assert data[0]["init_args"]["val_split_mode"] == "same_as_test"
-    assert data[1]["init_args"]["normal_dir"]  # HeadPhantom translated to its Folder layout
-    assert (tmp_path / "ph").is_dir()  # ... and its data generated
-    assert any("HeadCT is not in anomalib.data" in note for note in notes)
+    assert data[1]["init_args"]["root"] == str(Path("missing").resolve())  # the pipeline has its own cwd
+    assert data[2]["init_args"]["image_size"] == 32
+    assert data[3]["init_args"]["category"] == "Liver"
+    assert any("OwnFolder is not in anomalib.data" in note for note in notes)
+    assert not any("HeadCT" in note or "BMAD" in note for note in notes)
     assert any("Mine" in note for note in notes)
     assert len(LIMITATIONS) >= 5
 
 
-def test_runs_through_anomalib_benchmark(make_config) -> None:
-    # SkipTS through anomalib's own pipeline (found by name thanks to the package's import hook); the
-    # smoke protocol's single epoch reaches the pipeline's trainer through PL_TRAINER_MAX_EPOCHS.
-    config = make_config(models=["SkipTS"])
+def test_runs_through_anomalib_benchmark(make_config, tmp_path) -> None:
+    # SkipTS on the head phantom through anomalib's own pipeline (both found by name on anomalib.models
+    # and anomalib.data thanks to the package's registration); the smoke protocol's single epoch
+    # reaches the pipeline's trainer through PL_TRAINER_MAX_EPOCHS.
+    phantom = {"num_train": 8, "num_test_normal": 4, "num_test_abnormal": 4, "image_size": 64}
+    dataset = {"name": "Phantom", "class_path": "anomalib_skipts.data.HeadPhantom", "init_args": phantom}
+    dataset["init_args"]["root"] = str(tmp_path / "phantom")
+    config = make_config(models=["SkipTS"], datasets=[dataset])
     results = run_anomalib_benchmark(config, timeout=300)
     frame = pd.read_csv(results)
     assert len(frame) == 1
+    assert frame.loc[0, "data.class_path"] == "HeadPhantom"
     assert frame.loc[0, "model.class_path"] == "SkipTS"
     assert frame.loc[0, "model.init_args.image_size"] == "[64, 64]"
     assert 0 <= frame.loc[0, "image_AUROC"] <= 1

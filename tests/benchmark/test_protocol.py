@@ -102,6 +102,32 @@ def test_split_follows_seed_only_when_asked(make_config) -> None:
     assert args["train_batch_size"] == varying.protocol.train_batch_size
 
 
+@pytest.mark.parametrize(
+    ("class_path", "expected"),
+    [
+        ("anomalib_skipts.data.HeadPhantom", "split_seed"),
+        ("anomalib_skipts.data.VolumeFolder", "split_seed"),
+        ("anomalib.data.Folder", "seed"),
+    ],
+)
+def test_seed_arg_defaults_to_the_datamodules_own_split_seed(make_config, class_path, expected) -> None:
+    from anomalib_skipts.benchmark.adapters import datamodule_init_args, resolve_datamodule_class
+
+    protocol = {"name": "smoke", "vary_split_with_seed": True}
+    config = make_config(seeds=[7], protocol=protocol, datasets=[{"name": "D", "class_path": class_path}])
+    run = config.runs()[0]
+    assert run.dataset.seed_arg == expected  # written out in the config, as in the run's fingerprint
+    assert datamodule_init_args(run, resolve_datamodule_class(class_path))[expected] == 7
+    spelled_out = make_config(
+        seeds=[7], protocol=protocol, datasets=[{"name": "D", "class_path": class_path, "seed_arg": expected}]
+    )
+    assert spelled_out.runs()[0].fingerprint() == run.fingerprint()  # finished runs stay finished
+    never = make_config(
+        seeds=[7], protocol=protocol, datasets=[{"name": "D", "class_path": class_path, "seed_arg": None}]
+    )
+    assert expected not in datamodule_init_args(never.runs()[0], resolve_datamodule_class(class_path))
+
+
 def test_protocol_fills_backbone_and_size_but_keeps_explicit_args(make_config) -> None:
     from anomalib_skipts.benchmark.adapters import resolve_model_class
 

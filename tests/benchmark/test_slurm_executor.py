@@ -196,9 +196,7 @@ def test_slurm_runs_use_the_cpus_their_job_asked_for(slurm_grid: SimpleNamespace
 
 
 @pytest.mark.slow
-def test_cancelled_job_is_recorded_failed_and_retried(
-    slurm_cluster: SlurmCluster, make_config, tmp_path: Path
-) -> None:
+def test_cancelled_job_is_recorded_failed_and_retried(slurm_cluster: SlurmCluster, make_config, tmp_path: Path) -> None:
     data = {"slurm": {"cpus": 1, "poll_interval": 0.5, "sbatch": {"chdir": str(REPO)}}}
     config = make_config(seeds=[0, 1], executor={"name": "slurm", **data})
     out = config.output_dir

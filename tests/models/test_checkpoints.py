@@ -94,9 +94,7 @@ class _RecordMaps(Callback):
         self.maps.append(outputs.anomaly_map.clone())
 
 
-def test_validation_uses_weights_updated_in_place_through_data(
-    tmp_path: Path, phantom_datamodule: HeadPhantom
-) -> None:
+def test_validation_uses_weights_updated_in_place_through_data(tmp_path: Path, phantom_datamodule: HeadPhantom) -> None:
     torch.manual_seed(0)
     model = SkipTS(**SMALL)
     recorder = _RecordMaps()

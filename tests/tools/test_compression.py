@@ -3,6 +3,7 @@
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from tools.compression import load_test_images, run_inferencer
@@ -36,3 +37,26 @@ def test_resized_images_a_rounding_above_one_are_clipped_and_scored_unchanged() 
     np.testing.assert_array_equal(first, second)  # the caller's images are not scaled in place
     torch.testing.assert_close(unclipped[0], above_one[0], rtol=0, atol=0)
     assert run_inferencer(inferencer, images)[0] == 1.0
+
+
+def test_models_and_data_come_from_the_benchmarks_adapters_with_anomalibs_post_processing(tmp_path) -> None:
+    from anomalib.post_processing import PostProcessor
+
+    from anomalib_skipts.benchmark.adapters import build_datamodule, build_model
+    from anomalib_skipts.benchmark.config import get_protocol
+    from tools.compression import run_spec
+
+    protocol = get_protocol("cpu-quick")
+    run = run_spec("SkipTS", "phantom", tmp_path, protocol)
+    exported = build_model(run, raw_scores=False)  # exported with its threshold, tested by Engine.test
+    assert isinstance(exported.post_processor, PostProcessor)
+    assert exported.evaluator
+    assert exported.input_size == protocol.image_size
+    assert not build_model(run).post_processor  # the benchmark's own runs score raw
+    datamodule = build_datamodule(run)
+    assert datamodule.image_size == protocol.image_size[0]
+    assert datamodule.train_batch_size == protocol.train_batch_size
+    with pytest.raises(ValueError, match="dataset 'lungct' is not known"):
+        run_spec("SkipTS", "lungct", tmp_path, protocol)
+    with pytest.raises(ValueError, match="model 'Padim' is not known"):
+        run_spec("Padim", "phantom", tmp_path, protocol)

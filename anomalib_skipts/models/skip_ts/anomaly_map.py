@@ -67,9 +67,7 @@ def interpolation_matrix(output_size: int, input_size: int, device: torch.device
     return F.interpolate(identity, size=(output_size, input_size), mode="bilinear", align_corners=True)[0, 0]
 
 
-def blur_matrix(
-    size: int, blur: GaussianBlur2d, axis: int, device: torch.device | str | None = None
-) -> torch.Tensor:
+def blur_matrix(size: int, blur: GaussianBlur2d, axis: int, device: torch.device | str | None = None) -> torch.Tensor:
     """One axis of anomalib's ``GaussianBlur2d`` (its kernel and border mode) as a matrix ``G``.
 
     The normalised 2-D Gaussian kernel is the outer product of its row and column sums, so the 2-D

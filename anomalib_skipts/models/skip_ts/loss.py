@@ -107,9 +107,7 @@ def authors_code_mac_loss(
     return torch.stack([(mses[i] - mses[j]).pow(2) for i, j in combinations(range(len(mses)), 2)]).sum()
 
 
-def validate_loss_options(
-    similarity: str, mac: bool, beta: float, variant: str, variant_name: str = "variant"
-) -> None:
+def validate_loss_options(similarity: str, mac: bool, beta: float, variant: str, variant_name: str = "variant") -> None:
     """Refuse loss options outside the allowed values, naming the bad value and the allowed ones.
 
     Args:
