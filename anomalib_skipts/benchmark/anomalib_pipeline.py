@@ -41,6 +41,14 @@ LIMITATIONS: tuple[str, ...] = (
     "being built (STFPM without ImageNet weights) aborts the whole grid because jobs are built outside the "
     "runner's try block.",
     "Last epoch: satisfied (`engine.test(model, datamodule)` tests the current weights).",
+    "Seeds: each model is built before its job seeds the run (`BenchmarkJobGenerator` calls `get_model` "
+    "before `BenchmarkJob.run` calls `seed_everything`), so whatever a model draws at construction (Skip-TS's "
+    "student, RD's decoder, PaDiM's random feature subset) does not follow the seed, and scores differ from "
+    "skipts-benchmark's run with the same seed.",
+    "Mixed models: anomalib 2.7 collects the results in a table only when every row has the same keys, so a "
+    "grid whose models have different init_args (SkipTS's image_size, PaDiM without it) fails at the end "
+    "under `anomalib benchmark`. `--anomalib-pipeline` runs anomalib's CLI with rows of any keys collected "
+    "(missing values empty).",
 )
 
 
@@ -135,8 +143,7 @@ def run_anomalib_benchmark(config: BenchmarkConfig, timeout: float | None = None
     (workdir / "notes.txt").write_text("\n".join(notes) + "\n", encoding="utf-8")
     before = set(workdir.glob("runs/benchmark/*/results.csv"))
     env = {**os.environ, "PL_TRAINER_MAX_EPOCHS": str(config.protocol.max_epochs)}
-    # the `anomalib` console script, with the project's classes registered even without the .pth hook
-    cli = "import anomalib_skipts.data, anomalib_skipts.models; from anomalib.cli.cli import main; main()"
+    cli = "from anomalib_skipts.benchmark.anomalib_pipeline import anomalib_cli; anomalib_cli()"
     command = [sys.executable, "-c", cli, "benchmark", "--config", config_path.name]
     subprocess.run(command, cwd=workdir, env=env, check=False, timeout=timeout)
     written = sorted(set(workdir.glob("runs/benchmark/*/results.csv")) - before)
@@ -144,6 +151,24 @@ def run_anomalib_benchmark(config: BenchmarkConfig, timeout: float | None = None
         msg = f"anomalib's benchmark pipeline wrote no results; see {workdir / 'runs' / 'pipeline.log'}"
         raise RuntimeError(msg)
     return written[-1]
+
+
+def anomalib_cli() -> None:
+    """Run the ``anomalib`` command line with the project's classes registered and any results collected.
+
+    The project's model and datamodules are registered even without the ``.pth`` hook (a source
+    checkout), and anomalib's ``BenchmarkJob.collect`` gets rows with different keys (models with
+    different ``init_args``) into one table instead of failing.
+    """
+    import pandas as pd
+    from anomalib.cli.cli import main
+    from anomalib.pipelines.benchmark.job import BenchmarkJob
+
+    import anomalib_skipts.data
+    import anomalib_skipts.models  # noqa: F401
+
+    BenchmarkJob.collect = staticmethod(pd.DataFrame)  # type: ignore[method-assign]
+    main()
 
 
 def _absolute(init_args: dict[str, Any]) -> dict[str, Any]:
