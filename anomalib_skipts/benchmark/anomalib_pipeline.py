@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,10 @@ LIMITATIONS: tuple[str, ...] = (
     "being built (STFPM without ImageNet weights) aborts the whole grid because jobs are built outside the "
     "runner's try block.",
     "Last epoch: satisfied (`engine.test(model, datamodule)` tests the current weights).",
-    "Seeds: each model is built before its job seeds the run (`BenchmarkJobGenerator` calls `get_model` "
-    "before `BenchmarkJob.run` calls `seed_everything`), so whatever a model draws at construction (Skip-TS's "
-    "student, RD's decoder, PaDiM's random feature subset) does not follow the seed, and scores differ from "
-    "skipts-benchmark's run with the same seed.",
+    "Seeds: under a plain `anomalib benchmark` each model is built before its job seeds the run "
+    "(`BenchmarkJobGenerator` calls `get_model` before `BenchmarkJob.run` calls `seed_everything`), so what a "
+    "model draws at construction (Skip-TS's student, RD's decoder, PaDiM's random feature subset) does not "
+    "follow the seed. `--anomalib-pipeline` seeds just before each model is built as well.",
     "Mixed models: anomalib 2.7 collects the results in a table only when every row has the same keys, so a "
     "grid whose models have different init_args (SkipTS's image_size, PaDiM without it) fails at the end "
     "under `anomalib benchmark`. `--anomalib-pipeline` runs anomalib's CLI with rows of any keys collected "
@@ -154,21 +155,42 @@ def run_anomalib_benchmark(config: BenchmarkConfig, timeout: float | None = None
 
 
 def anomalib_cli() -> None:
-    """Run the ``anomalib`` command line with the project's classes registered and any results collected.
+    """Run the ``anomalib`` command line with the project's classes registered and its benchmark fixed.
 
     The project's model and datamodules are registered even without the ``.pth`` hook (a source
-    checkout), and anomalib's ``BenchmarkJob.collect`` gets rows with different keys (models with
-    different ``init_args``) into one table instead of failing.
+    checkout); :func:`fix_anomalib_benchmark` is applied.
     """
-    import pandas as pd
     from anomalib.cli.cli import main
-    from anomalib.pipelines.benchmark.job import BenchmarkJob
 
     import anomalib_skipts.data
     import anomalib_skipts.models  # noqa: F401
 
-    BenchmarkJob.collect = staticmethod(pd.DataFrame)  # type: ignore[method-assign]
+    fix_anomalib_benchmark()
     main()
+
+
+def fix_anomalib_benchmark() -> None:
+    """Make anomalib 2.7's benchmark pipeline seed model construction and collect rows of any keys.
+
+    Its job generator builds each model before the job seeds the run; here the seed is also set
+    just before the model is built, so that what a model draws at construction follows the run's
+    seed. ``BenchmarkJob.collect`` gets rows with different keys (models with different
+    ``init_args``) into one table, missing values empty, instead of failing.
+    """
+    import pandas as pd
+    from anomalib.pipelines.benchmark import generator
+    from anomalib.pipelines.benchmark.job import BenchmarkJob
+    from lightning import seed_everything
+
+    grid = generator.get_iterator_from_grid_dict
+
+    def seeded_grid(args: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        for container in grid(args):
+            seed_everything(container["seed"], verbose=False)  # the generator builds the model right after this
+            yield container
+
+    generator.get_iterator_from_grid_dict = seeded_grid
+    BenchmarkJob.collect = staticmethod(pd.DataFrame)  # type: ignore[method-assign]
 
 
 def _absolute(init_args: dict[str, Any]) -> dict[str, Any]:

@@ -70,3 +70,33 @@ def test_runs_through_anomalib_benchmark(make_config, tmp_path) -> None:
     assert frame.loc[0, "model.class_path"] == "SkipTS"
     assert frame.loc[0, "model.init_args.image_size"] == "[64, 64]"
     assert 0 <= frame.loc[0, "image_AUROC"] <= 1
+
+
+def test_fixed_pipeline_builds_models_under_the_runs_seed_and_collects_rows_of_any_keys(monkeypatch) -> None:
+    import torch
+    from anomalib.pipelines.benchmark import generator
+    from anomalib.pipelines.benchmark.generator import BenchmarkJobGenerator
+    from anomalib.pipelines.benchmark.job import BenchmarkJob
+
+    from anomalib_skipts.benchmark.anomalib_pipeline import fix_anomalib_benchmark
+
+    monkeypatch.setattr(generator, "get_iterator_from_grid_dict", generator.get_iterator_from_grid_dict)
+    monkeypatch.setattr(BenchmarkJob, "collect", BenchmarkJob.collect)  # both restored after the test
+    fix_anomalib_benchmark()
+    args = {
+        "seed": {"grid": [3]},
+        "model": {"class_path": "SkipTS", "init_args": {"backbone": "resnet18", "pre_trained": False}},
+        "data": {"class_path": "Folder", "init_args": {"name": "x", "root": ".", "normal_dir": "."}},
+    }
+
+    def student_weights() -> torch.Tensor:
+        job = next(iter(BenchmarkJobGenerator("cpu").generate_jobs(args, None)))
+        return next(job.model.model.student.parameters()).detach().clone()
+
+    first = student_weights()
+    torch.rand(1000)  # whatever ran before must not matter
+    assert torch.equal(first, student_weights())
+    frame = BenchmarkJob.collect([{"model": "SkipTS", "size": 64}, {"model": "Padim"}])
+    assert frame["model"].tolist() == ["SkipTS", "Padim"]
+    assert frame.loc[0, "size"] == 64
+    assert pd.isna(frame.loc[1, "size"])
