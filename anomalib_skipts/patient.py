@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,7 @@ __all__ = [
     "PatientMetrics",
     "aggregate_patient_scores",
     "dataset_patient_metrics",
+    "tested_patient_ids",
     "patient_metrics",
     "patient_score",
 ]
@@ -138,6 +140,24 @@ def patient_metrics(
     return PatientMetrics(auroc=metrics.auroc, f1=metrics.f1, accuracy=metrics.accuracy, n_patients=len(patients))
 
 
+def tested_patient_ids(datamodule: object, paths: Sequence[str]) -> list[Any] | None:
+    """The patient of each tested image, as the datamodule's test samples name it.
+
+    Args:
+        datamodule: The tested datamodule (its ``test_data.samples``).
+        paths: ``image_path`` of each tested slice or image.
+
+    Returns:
+        One patient id per path (``patient_id``, or ``patient`` for 2-D datasets split by
+        ``patient_pattern``), or ``None`` when the datamodule names no patients.
+    """
+    samples = getattr(getattr(datamodule, "test_data", None), "samples", None)
+    column = next((name for name in ("patient_id", "patient") if samples is not None and name in samples), None)
+    if column is None:
+        return None
+    return samples.drop_duplicates("image_path").set_index("image_path")[column].reindex(list(paths)).tolist()
+
+
 def dataset_patient_metrics(
     datamodule: object,
     paths: Sequence[str],
@@ -160,12 +180,10 @@ def dataset_patient_metrics(
     Returns:
         The :class:`PatientMetrics`.
     """
-    samples = getattr(getattr(datamodule, "test_data", None), "samples", None)
-    column = next((name for name in ("patient_id", "patient") if samples is not None and name in samples), None)
-    if column is None:
+    patient_ids = tested_patient_ids(datamodule, paths)
+    if patient_ids is None:
         return PatientMetrics(auroc=math.nan, f1=math.nan, accuracy=math.nan, n_patients=0)
-    by_path = samples.drop_duplicates("image_path").set_index("image_path")
-    patient_ids = by_path[column].reindex(list(paths)).tolist()
+    by_path = datamodule.test_data.samples.drop_duplicates("image_path").set_index("image_path")  # type: ignore[attr-defined]
     patient_labels = (
         by_path["patient_label"].reindex(list(paths)).fillna(0).astype(int).tolist()
         if ("patient_label" in by_path)

@@ -152,7 +152,7 @@ def _train_and_test(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
 
-    from anomalib_skipts.patient import dataset_patient_metrics
+    from anomalib_skipts.patient import dataset_patient_metrics, tested_patient_ids
 
     from .callbacks import LastEpochGuard, TestCollector
     from .cost import count_flops, count_parameters, describe_device, measure_throughput
@@ -198,10 +198,11 @@ def _train_and_test(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     flops = count_flops(network, batches[0][:1]) if batches else math.nan
     throughput = measure_throughput(network, batches)
 
-    pd.DataFrame({"image_path": collector.paths, "label": labels, "score": scores}).to_csv(
-        run_dir / "predictions.csv",
-        index=False,
-    )
+    predictions = pd.DataFrame({"image_path": collector.paths, "label": labels, "score": scores})
+    patient_ids = tested_patient_ids(datamodule, collector.paths)
+    if patient_ids is not None:  # volumes, and 2-D sets whose file names tell the patient
+        predictions.insert(1, "patient_id", patient_ids)
+    predictions.to_csv(run_dir / "predictions.csv", index=False)
     if collector.overlays:
         arrays = {
             "paths": np.asarray([item[0] for item in collector.overlays]),

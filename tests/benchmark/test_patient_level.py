@@ -40,3 +40,9 @@ def test_runs_csv_has_patient_metrics_beside_slice_metrics(make_config, volume_r
         assert 0.0 <= volume_run[column] <= 1.0
     assert volume_run["n_test"] == 6 * 6  # every slice scored at slice level too
     assert pd.isna(runs.loc["Tiny", "patient_auroc"])  # a 2-D folder that names no patients
+    # each slice's patient in the run's predictions, where the dataset names patients
+    output = Path(config.output_dir)
+    volume_predictions = pd.read_csv(next(output.rglob("*Volumes*/predictions.csv")))
+    assert list(volume_predictions.columns[:2]) == ["image_path", "patient_id"]
+    assert volume_predictions.groupby("patient_id").size().tolist() == [6] * 6
+    assert "patient_id" not in pd.read_csv(next(output.rglob("*Tiny*/predictions.csv"))).columns
