@@ -68,6 +68,25 @@ logger = logging.getLogger(__name__)
 VALID = "valid"
 
 
+def samples_of_split(samples: DataFrame, split: str | Split | None, attrs: dict[str, Any]) -> DataFrame:
+    """Keep the samples of one split (every sample for ``None``) in a new frame carrying ``attrs``.
+
+    Args:
+        samples: Samples frame with a ``split`` column.
+        split: The split to keep.
+        attrs: The frame's attributes (anomalib reads the task from ``attrs["task"]``).
+
+    Returns:
+        DataFrame: The kept samples, indexed from 0.
+    """
+    if split is not None:
+        split_value = split.value if isinstance(split, Split) else str(split)
+        samples = samples[samples["split"] == split_value].reset_index(drop=True)
+    samples = samples.copy()
+    samples.attrs = attrs
+    return samples
+
+
 class MedicalFolderDataset(AnomalibDataset):
     """anomalib dataset over a samples frame, reading images with the medical readers.
 
@@ -111,12 +130,7 @@ class MedicalFolderDataset(AnomalibDataset):
             samples = samples.assign(mask_path="")
         if "patient" in samples and "patient_id" not in samples:  # the patient the split grouped by
             samples = samples.assign(patient_id=[patient or None for patient in samples["patient"]])
-        if split is not None:
-            split_value = split.value if isinstance(split, Split) else str(split)
-            samples = samples[samples["split"] == split_value].reset_index(drop=True)
-        samples = samples.copy()
-        samples.attrs = attrs
-        self.samples = samples
+        self.samples = samples_of_split(samples, split, attrs)
 
     @property
     def name(self) -> str:

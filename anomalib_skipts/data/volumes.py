@@ -65,9 +65,9 @@ from torch.nn import functional
 from torchvision.transforms.v2 import Transform
 from torchvision.tv_tensors import Image, Mask
 
+from anomalib_skipts.data.base import MedicalDataModule, samples_of_split
 from anomalib_skipts.data.items import MedicalImageBatch, MedicalImageItem
 from anomalib_skipts.data.listing import ABNORMAL, NORMAL
-from anomalib_skipts.data.medical_folder import MedicalDataModule
 from anomalib_skipts.data.problems import DatasetProblem, InvalidDatasetError, SplitError
 from anomalib_skipts.data.readers import DicomWindow, ImageReadError
 from anomalib_skipts.data.split import add_patients, assign_split
@@ -408,13 +408,7 @@ class VolumeSliceDataset(AnomalibDataset):
         self._name = name
         self.split = split
         self.settings = settings or VolumeSettings()
-        attrs = dict(samples.attrs)
-        if split is not None:
-            split_value = split.value if isinstance(split, Split) else str(split)
-            samples = samples[samples["split"] == split_value].reset_index(drop=True)
-        samples = samples.copy()
-        samples.attrs = attrs
-        self.samples = samples
+        self.samples = samples_of_split(samples, split, dict(samples.attrs))
         self._infos: dict[str, VolumeInfo] = {}
 
     @property
