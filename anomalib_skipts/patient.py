@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,7 +31,7 @@ __all__ = [
     "PatientMetrics",
     "aggregate_patient_scores",
     "dataset_patient_metrics",
-    "tested_patient_ids",
+    "tested_patients",
     "patient_metrics",
     "patient_score",
 ]
@@ -140,22 +139,25 @@ def patient_metrics(
     return PatientMetrics(auroc=metrics.auroc, f1=metrics.f1, accuracy=metrics.accuracy, n_patients=len(patients))
 
 
-def tested_patient_ids(datamodule: object, paths: Sequence[str]) -> list[Any] | None:
-    """The patient of each tested image, as the datamodule's test samples name it.
+def tested_patients(datamodule: object, paths: Sequence[str]) -> pd.DataFrame | None:
+    """The patient (and patient label, where known) of each tested image, as the test samples name them.
 
     Args:
         datamodule: The tested datamodule (its ``test_data.samples``).
         paths: ``image_path`` of each tested slice or image.
 
     Returns:
-        One patient id per path (``patient_id``, or ``patient`` for 2-D datasets split by
-        ``patient_pattern``), or ``None`` when the datamodule names no patients.
+        One row per path: ``patient_id`` (from ``patient_id``, or ``patient`` for 2-D datasets split by
+        ``patient_pattern``) and ``patient_label`` when the samples have one; ``None`` when the
+        datamodule names no patients.
     """
     samples = getattr(getattr(datamodule, "test_data", None), "samples", None)
     column = next((name for name in ("patient_id", "patient") if samples is not None and name in samples), None)
     if column is None:
         return None
-    return samples.drop_duplicates("image_path").set_index("image_path")[column].reindex(list(paths)).tolist()
+    columns = [column, *(["patient_label"] if "patient_label" in samples else [])]
+    rows = samples.drop_duplicates("image_path").set_index("image_path")[columns].reindex(list(paths))
+    return rows.rename(columns={column: "patient_id"})
 
 
 def dataset_patient_metrics(
@@ -163,34 +165,30 @@ def dataset_patient_metrics(
     paths: Sequence[str],
     scores: Sequence[float],
     labels: Sequence[int],
+    patients: pd.DataFrame | None = None,
 ) -> PatientMetrics:
     """Patient metrics of a test run, with the patients the datamodule's test samples name.
 
-    The test samples' ``patient_id`` (or, for 2-D datasets split by ``patient_pattern``, ``patient``)
-    and ``patient_label`` columns are matched to the tested
-    ``image_path`` s; the aggregation is the datamodule's ``patient_aggregation`` / ``patient_top_k``
-    when it has them, else ``"max"``. A datamodule that names no patients gives NaN metrics.
+    The patients are those :func:`tested_patients` finds (pass them as ``patients`` when already
+    looked up); the aggregation is the datamodule's ``patient_aggregation`` / ``patient_top_k`` when
+    it has them, else ``"max"``. A datamodule that names no patients gives NaN metrics.
 
     Args:
         datamodule: The tested datamodule (its ``test_data.samples``).
         paths: ``image_path`` of each tested slice or image.
         scores: Their raw scores.
         labels: Their labels.
+        patients: :func:`tested_patients` of ``datamodule`` and ``paths``; ``None`` looks them up.
 
     Returns:
         The :class:`PatientMetrics`.
     """
-    patient_ids = tested_patient_ids(datamodule, paths)
-    if patient_ids is None:
+    patients = tested_patients(datamodule, paths) if patients is None else patients
+    if patients is None:
         return PatientMetrics(auroc=math.nan, f1=math.nan, accuracy=math.nan, n_patients=0)
-    by_path = datamodule.test_data.samples.drop_duplicates("image_path").set_index("image_path")  # type: ignore[attr-defined]
-    patient_labels = (
-        by_path["patient_label"].reindex(list(paths)).fillna(0).astype(int).tolist()
-        if ("patient_label" in by_path)
-        else None
-    )
+    patient_labels = patients["patient_label"].fillna(0).astype(int).tolist() if "patient_label" in patients else None
     return patient_metrics(
-        patient_ids,
+        patients["patient_id"].tolist(),
         scores,
         labels,
         patient_labels,

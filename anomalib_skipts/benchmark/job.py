@@ -152,7 +152,7 @@ def _train_and_test(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
 
-    from anomalib_skipts.patient import dataset_patient_metrics, tested_patient_ids
+    from anomalib_skipts.patient import dataset_patient_metrics, tested_patients
 
     from .callbacks import LastEpochGuard, TestCollector
     from .cost import count_flops, count_parameters, describe_device, measure_throughput
@@ -190,7 +190,8 @@ def _train_and_test(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     labels = np.asarray(collector.labels, dtype=int)
     scores = np.asarray(collector.scores, dtype=float)
     metrics = image_metrics(labels, scores)
-    patients = dataset_patient_metrics(datamodule, collector.paths, scores, labels)
+    tested = tested_patients(datamodule, collector.paths)
+    patients = dataset_patient_metrics(datamodule, collector.paths, scores, labels, tested)
     network = model.model
     device = model.device
     batches = _preprocessed_test_batches(model, datamodule, run.protocol.throughput_images, device)
@@ -199,9 +200,8 @@ def _train_and_test(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     throughput = measure_throughput(network, batches)
 
     predictions = pd.DataFrame({"image_path": collector.paths, "label": labels, "score": scores})
-    patient_ids = tested_patient_ids(datamodule, collector.paths)
-    if patient_ids is not None:  # volumes, and 2-D sets whose file names tell the patient
-        predictions.insert(1, "patient_id", patient_ids)
+    if tested is not None:  # volumes, and 2-D sets whose file names tell the patient
+        predictions.insert(1, "patient_id", tested["patient_id"].tolist())
     predictions.to_csv(run_dir / "predictions.csv", index=False)
     if collector.overlays:
         arrays = {
