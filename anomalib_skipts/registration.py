@@ -108,8 +108,8 @@ class _RegisteringLoader(importlib.abc.Loader):
 class _AnomalibFinder(importlib.abc.MetaPathFinder):
     """Meta-path finder that reacts only to the first imports of the modules in :data:`TARGETS`."""
 
-    def __init__(self) -> None:
-        self.waiting = set(TARGETS)
+    def __init__(self, waiting: set[str]) -> None:
+        self.waiting = waiting
 
     def find_spec(
         self,
@@ -139,6 +139,4 @@ def install_import_hook() -> None:
             waiting.discard(name)
     if not waiting or any(isinstance(finder, _AnomalibFinder) for finder in sys.meta_path):
         return
-    finder = _AnomalibFinder()
-    finder.waiting = waiting
-    sys.meta_path.insert(0, finder)
+    sys.meta_path.insert(0, _AnomalibFinder(waiting))

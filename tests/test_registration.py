@@ -99,3 +99,24 @@ def test_anomalib_cli_takes_a_medical_datamodule_by_its_short_name() -> None:
     )
     assert "class_path: anomalib_skipts.data.HeadCT" in out
     assert "class_path: anomalib_skipts.SkipTS" in out
+
+
+def test_a_name_anomalib_already_uses_is_left_to_anomalib(caplog) -> None:
+    from types import ModuleType
+
+    from anomalib_skipts.registration import _expose
+
+    class Theirs:
+        pass
+
+    class Ours:
+        pass
+
+    module = ModuleType("anomalib.data")
+    module.BMAD = Theirs
+    module.__all__ = ["BMAD"]
+    _expose(module, {"BMAD": Ours, "MedicalBMAD": Ours})
+    assert module.BMAD is Theirs  # anomalib's own class stays
+    assert module.MedicalBMAD is Ours
+    assert module.__all__ == ["BMAD", "MedicalBMAD"]
+    assert "anomalib.data.BMAD exists already" in caplog.text

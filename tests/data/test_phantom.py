@@ -276,3 +276,10 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         main(["--root", str(tmp_path / "bad"), "--image-size", "16"])
     assert excinfo.value.code == 2
     assert "image_size" in capsys.readouterr().err
+
+
+def test_image_size_as_anomalib_passes_it_a_square_pair(tmp_path: Path) -> None:
+    # anomalib's get_datamodule turns every image_size into a tuple
+    assert HeadPhantom(root=tmp_path, image_size=(64, 64)).image_size == 64
+    with pytest.raises(ValueError, match=r"must be square .*\(64, 32\)"):
+        HeadPhantom(root=tmp_path, image_size=(64, 32))
